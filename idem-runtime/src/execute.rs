@@ -1,0 +1,371 @@
+//! Execution: one request's way through the idempotency layer.
+//!
+//! ```text
+//! key extraction ─► (no key) ─────────────────────────────► handler runs, nothing stored
+//!    │ bad key → 400
+//!    ▼
+//! claim(scope + key, fingerprint, lease)
+//!    │ Fresh             → run the handler in its own task (a client disconnect cannot cancel it)
+//!    │                     → capture status, headers, body → complete → answer
+//!    │ InFlight, same fp → 409 + Retry-After (or wait for the result, under ConflictPolicy::Wait)
+//!    │ InFlight, other   → 422
+//!    │ Done, same fp     → replay, with Idempotent-Replayed: true
+//!    │ Done, other       → 422
+//!    │ store error       → 503, handler not run
+//! ```
+//!
+//! A handler that panics answers `500` and releases its key; so does a response body that fails.
+//! With `store_server_errors` off, a `5xx` answer releases the key too. Every outcome is a
+//! `tracing` event on the target `idem` with the field `outcome`.
+//!
+//! [`Context`] is the extractor that `#[idempotent]` adds to a handler: it reads the key, the scope
+//! and the request line before any other extractor runs, then [`Context::run`] takes the handler's
+//! future.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, MatchedPath};
+use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
+use http::request::Parts;
+use tokio::time::{Instant, sleep, timeout};
+
+use crate::config::{ConflictPolicy, HandlerOptions, Idempotency, Settings};
+use crate::fingerprint::{Fingerprint, FingerprintInput, Fingerprinter};
+use crate::key::{IdempotencyKey, KeyError};
+use crate::problem::Problem;
+use crate::replay::{StoredResponse, capture};
+use crate::store::{Claim, ClaimToken, Completion, IdempotencyStore, Record, StoreError, StoreKey};
+
+/// The options of one idempotent handler, as a type: `#[idempotent]` declares one per handler so
+/// that [`Context`] knows them while it is extracted.
+pub trait HandlerConfig: Send + Sync + 'static {
+    /// The handler's settings.
+    const OPTIONS: HandlerOptions;
+}
+
+/// The idempotency state of one request: the first extractor of an `#[idempotent]` handler.
+///
+/// Extracting it reads the key (answering `400` for a bad or missing-but-required one), the scope
+/// and the request line. Feed it the handler's inputs with [`Context::input`], then hand it the
+/// handler's future with [`Context::run`].
+pub struct Context<O> {
+    request: Option<Box<Prepared>>,
+    _options: PhantomData<fn() -> O>,
+}
+
+struct Prepared {
+    config: Idempotency,
+    settings: Settings,
+    key: StoreKey,
+    fingerprint: Fingerprinter,
+}
+
+impl<O> std::fmt::Debug for Context<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("key", &self.request.as_ref().map(|r| &r.key))
+            .finish()
+    }
+}
+
+impl<O: HandlerConfig, S: Send + Sync> FromRequestParts<S> for Context<O> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Response> {
+        prepare(parts, &O::OPTIONS).map(|request| Context {
+            request,
+            _options: PhantomData,
+        })
+    }
+}
+
+/// Reads what the request needs before its handler's extractors run; `None` when idempotency does
+/// not apply (no key, or a method the handler does not cover).
+fn prepare(parts: &Parts, options: &HandlerOptions) -> Result<Option<Box<Prepared>>, Response> {
+        if !options.methods.contains(&parts.method) {
+            return Ok(None);
+        }
+        let config = parts
+            .extensions
+            .get::<Idempotency>()
+            .unwrap_or_else(|| Idempotency::global());
+        let settings = config.settings().with(options);
+        let key = match IdempotencyKey::from_headers(&parts.headers, &settings.header, settings.max_key_len) {
+            Ok(Some(key)) => key,
+            Ok(None) if !settings.required => return Ok(None),
+            Ok(None) => return Err(reject_key(&KeyError::Missing, &settings)),
+            Err(error) => return Err(reject_key(&error, &settings)),
+        };
+        let scope = match options.scope {
+            Some(scope) => scope(parts),
+            None => config.scope_source().scope(parts),
+        };
+        let fingerprint = Fingerprinter::new(
+            &parts.method,
+            parts.extensions.get::<MatchedPath>().map(MatchedPath::as_str),
+            parts.uri.path(),
+            parts.uri.query(),
+        );
+        Ok(Some(Box::new(Prepared {
+            config: config.clone(),
+            settings,
+            key: StoreKey::new(scope, key),
+            fingerprint,
+        })))
+}
+
+fn reject_key(error: &KeyError, settings: &Settings) -> Response {
+    tracing::info!(target: "idem", outcome = "invalid_key", %error, "idempotency key refused");
+    Problem::invalid_key(error, settings.header.as_str()).into_response()
+}
+
+impl<O> Context<O> {
+    /// Whether the request takes part in idempotency (it has a key and an accepted method).
+    #[must_use]
+    pub fn is_idempotent(&self) -> bool {
+        self.request.is_some()
+    }
+
+    /// Adds the handler's next argument to the request's fingerprint.
+    pub fn input<T: FingerprintInput + ?Sized>(&mut self, input: &T) {
+        if let Some(request) = &mut self.request {
+            request.fingerprint.input(input);
+        }
+    }
+
+    /// Runs the handler's future under the idempotency rules and answers.
+    ///
+    /// Without a key the future simply runs. With one, it runs only for a fresh claim, in a task of
+    /// its own so that a client disconnect cannot cancel it; its response is stored and answered.
+    pub async fn run<F>(self, handler: F) -> Response
+    where
+        F: Future + Send + 'static,
+        F::Output: IntoResponse,
+    {
+        match self.request {
+            None => handler.await.into_response(),
+            Some(request) => request.run(handler).await,
+        }
+    }
+}
+
+/// What the claim decided.
+enum Decision {
+    Run(ClaimToken),
+    Answer(Response),
+}
+
+impl Prepared {
+    async fn run<F>(self, handler: F) -> Response
+    where
+        F: Future + Send + 'static,
+        F::Output: IntoResponse,
+    {
+        let Prepared {
+            config,
+            settings,
+            key,
+            fingerprint,
+        } = self;
+        let fingerprint = match fingerprint.finish() {
+            Ok(fingerprint) => fingerprint,
+            Err(reason) => {
+                tracing::error!(target: "idem", outcome = "fingerprint_failed", %reason, "request input could not be fingerprinted");
+                return Problem::fingerprint_failed(&reason).into_response();
+            }
+        };
+        let store = Arc::clone(config.store());
+        match decide(&*store, &settings, &key, &fingerprint).await {
+            Decision::Answer(response) => response,
+            Decision::Run(token) => {
+                let execution = Execution {
+                    store,
+                    settings,
+                    key,
+                    fingerprint,
+                    token,
+                };
+                // The task owns everything it needs, so that it runs to completion and stores its
+                // result even if this future is dropped because the client went away.
+                match tokio::spawn(execution.run(handler)).await {
+                    Ok(response) => response,
+                    Err(error) => {
+                        tracing::error!(target: "idem", outcome = "aborted", %error, "idempotent handler task did not finish");
+                        Problem::handler_panicked().into_response()
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Claims the key, and for an existing record decides the answer (replay, 409, 422), waiting for
+/// an in-flight one under [`ConflictPolicy::Wait`].
+async fn decide(
+    store: &dyn IdempotencyStore,
+    settings: &Settings,
+    key: &StoreKey,
+    fingerprint: &Fingerprint,
+) -> Decision {
+    let wait_until = Instant::now() + settings.wait_timeout;
+    loop {
+        let claim = match with_timeout(settings, store.claim(key, fingerprint, settings.lease)).await {
+            Ok(claim) => claim,
+            Err(error) => return Decision::Answer(store_failed("claim", key, &error)),
+        };
+        let record = match claim {
+            Claim::Fresh(token) => return Decision::Run(token),
+            Claim::Existing(record) => record,
+        };
+        let record = match record {
+            Record::InFlight { .. } if record.fingerprint() == fingerprint && settings.conflict == ConflictPolicy::Wait => {
+                match wait_for_result(store, settings, key, wait_until).await {
+                    Ok(Some(record)) => record,
+                    // Released or expired: the key is free again, so try to claim it.
+                    Ok(None) => continue,
+                    Err(error) => return Decision::Answer(store_failed("lookup", key, &error)),
+                }
+            }
+            record => record,
+        };
+        return Decision::Answer(answer_existing(settings, key, fingerprint, &record));
+    }
+}
+
+/// The answer to a request whose key already has a record.
+fn answer_existing(settings: &Settings, key: &StoreKey, fingerprint: &Fingerprint, record: &Record) -> Response {
+    if record.fingerprint() != fingerprint {
+        tracing::info!(target: "idem", outcome = "mismatch", key = %key.key, "idempotency key reused for a different request");
+        return Problem::key_reused().into_response();
+    }
+    match record {
+        Record::InFlight { .. } => {
+            tracing::info!(target: "idem", outcome = "conflict", key = %key.key, "request with this idempotency key is in flight");
+            Problem::in_flight(settings.retry_after).into_response()
+        }
+        Record::Done { response, .. } => {
+            tracing::debug!(target: "idem", outcome = "replayed", key = %key.key, status = response.status().as_u16(), "replaying stored response");
+            response.to_response()
+        }
+    }
+}
+
+/// Polls the record with back-off until it is done, gone, or `until` passes (then the in-flight
+/// record is returned, for a 409).
+async fn wait_for_result(
+    store: &dyn IdempotencyStore,
+    settings: &Settings,
+    key: &StoreKey,
+    until: Instant,
+) -> Result<Option<Record>, StoreError> {
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let now = Instant::now();
+        let record = with_timeout(settings, store.lookup(key)).await?;
+        match record {
+            Some(Record::InFlight { .. }) if now < until => {}
+            other => return Ok(other),
+        }
+        sleep(pause.min(until.saturating_duration_since(now))).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
+async fn with_timeout<T>(
+    settings: &Settings,
+    operation: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match timeout(settings.store_timeout, operation).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::new(format!(
+            "store did not answer within {:?}",
+            settings.store_timeout
+        ))),
+    }
+}
+
+fn store_failed(operation: &str, key: &StoreKey, error: &StoreError) -> Response {
+    tracing::error!(target: "idem", outcome = "store_error", operation, key = %key.key, %error, "idempotency store failed; request not processed");
+    Problem::store_unavailable().into_response()
+}
+
+/// A claimed request: runs the handler and records its outcome.
+struct Execution {
+    store: Arc<dyn IdempotencyStore>,
+    settings: Settings,
+    key: StoreKey,
+    fingerprint: Fingerprint,
+    token: ClaimToken,
+}
+
+impl Execution {
+    async fn run<F>(self, handler: F) -> Response
+    where
+        F: Future + Send + 'static,
+        F::Output: IntoResponse,
+    {
+        let max_body_bytes = self.settings.max_body_bytes;
+        let produced = AssertUnwindSafe(async move {
+            let response = handler.await.into_response();
+            capture(response, max_body_bytes).await
+        })
+        .catch_unwind()
+        .await;
+        match produced {
+            Err(_panic) => {
+                tracing::error!(target: "idem", outcome = "panicked", key = %self.key.key, "idempotent handler panicked; key released");
+                self.release().await;
+                Problem::handler_panicked().into_response()
+            }
+            Ok(Err(error)) => {
+                tracing::error!(target: "idem", outcome = "response_failed", key = %self.key.key, %error, "response body failed; key released");
+                self.release().await;
+                Problem::response_failed().into_response()
+            }
+            Ok(Ok((first, stored))) => {
+                if stored.status().is_server_error() && !self.settings.store_server_errors {
+                    tracing::info!(target: "idem", outcome = "executed", stored = false, key = %self.key.key, status = stored.status().as_u16(), "server error not stored; key released");
+                    self.release().await;
+                } else {
+                    self.complete(&stored).await;
+                }
+                first
+            }
+        }
+    }
+
+    async fn complete(&self, stored: &StoredResponse) {
+        let completion = with_timeout(
+            &self.settings,
+            self.store
+                .complete(&self.key, self.token, &self.fingerprint, stored, self.settings.ttl),
+        )
+        .await;
+        let key = &self.key.key;
+        let status = stored.status().as_u16();
+        match completion {
+            Ok(Completion::Stored) => {
+                tracing::info!(target: "idem", outcome = "executed", stored = true, %key, status, "response stored for replay");
+            }
+            Ok(Completion::LeaseLost) => {
+                tracing::warn!(target: "idem", outcome = "executed", stored = false, %key, status, "claim lease ran out and the key was taken over; response not stored");
+            }
+            Err(error) => {
+                // The handler ran: its answer still goes to the client. The key stays in flight
+                // until its lease runs out.
+                tracing::error!(target: "idem", outcome = "store_error", operation = "complete", %key, status, %error, "response could not be stored");
+            }
+        }
+    }
+
+    async fn release(&self) {
+        if let Err(error) = with_timeout(&self.settings, self.store.release(&self.key, self.token)).await {
+            tracing::error!(target: "idem", outcome = "store_error", operation = "release", key = %self.key.key, %error, "key could not be released; it stays claimed until its lease runs out");
+        }
+    }
+}

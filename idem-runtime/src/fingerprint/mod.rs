@@ -1,0 +1,297 @@
+//! Request fingerprints: is this retry really the same request?
+//!
+//! A key may only be reused for the request it was first sent with. The [`Fingerprint`] is a
+//! SHA-256 digest over a versioned, domain-separated, length-prefixed encoding of
+//!
+//! 1. the HTTP method,
+//! 2. the route's matched path template (`/charges/{id}`),
+//! 3. the concrete path (`/charges/ch_1`) and the query string,
+//! 4. every input the handler extracts, in argument order, each through [`FingerprintInput`].
+//!
+//! Inputs are encoded canonically from their deserialized value, so the order of a JSON object's
+//! members, a `HashMap`'s iteration order and the JSON's whitespace never change the digest, while
+//! any change of a value does. State, extensions and other non-input extractors contribute nothing.
+//!
+//! ```
+//! use axum::Json;
+//! use idem_runtime::fingerprint::Fingerprinter;
+//!
+//! let digest = |body: &str| {
+//!     let value: serde_json::Value = serde_json::from_str(body).unwrap();
+//!     let mut fp = Fingerprinter::new(&http::Method::POST, Some("/charges"), "/charges", None);
+//!     fp.input(&Json(value));
+//!     fp.finish().unwrap()
+//! };
+//! assert_eq!(digest(r#"{"amount": 5, "currency": "eur"}"#), digest(r#"{"currency":"eur","amount":5}"#));
+//! assert_ne!(digest(r#"{"amount": 5}"#), digest(r#"{"amount": 6}"#));
+//! ```
+
+mod canonical;
+
+use std::collections::HashMap;
+use std::fmt;
+
+use axum::extract::{
+    ConnectInfo, Extension, Form, MatchedPath, OriginalUri, Path, Query, RawForm, RawQuery, State,
+};
+use axum::Json;
+use bytes::Bytes;
+use http::{HeaderMap, Method, Uri, Version};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use self::canonical::Sink;
+
+/// A request's fingerprint: 32 bytes of SHA-256.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    /// A fingerprint from its raw digest, as read back from a store.
+    #[must_use]
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The raw digest.
+    #[must_use]
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    /// Lowercase hexadecimal, 64 characters.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+/// The domain tag and format version that every fingerprint starts with. Changing the encoding
+/// means changing this tag, so that old and new digests never compare equal by accident.
+const DOMAIN: &[u8] = b"idem/fingerprint/v1\0";
+
+mod field {
+    pub(super) const METHOD: u8 = 0xF0;
+    pub(super) const ROUTE: u8 = 0xF1;
+    pub(super) const NO_ROUTE: u8 = 0xF2;
+    pub(super) const PATH: u8 = 0xF3;
+    pub(super) const QUERY: u8 = 0xF4;
+    pub(super) const NO_QUERY: u8 = 0xF5;
+    pub(super) const INPUT: u8 = 0xF6;
+    pub(super) const BYTES: u8 = 0xF7;
+    pub(super) const VALUE: u8 = 0xF8;
+}
+
+struct Hasher(Sha256);
+
+impl Sink for Hasher {
+    fn put(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+/// Builds a [`Fingerprint`]: the request line first, then each input in argument order.
+pub struct Fingerprinter {
+    hasher: Hasher,
+    inputs: u32,
+    error: Option<String>,
+}
+
+impl Fingerprinter {
+    /// Starts a fingerprint with the request's method, matched route template (if the router
+    /// matched one), concrete path and query string.
+    #[must_use]
+    pub fn new(method: &Method, route: Option<&str>, path: &str, query: Option<&str>) -> Self {
+        let mut fp = Self {
+            hasher: Hasher(Sha256::new()),
+            inputs: 0,
+            error: None,
+        };
+        fp.hasher.put(DOMAIN);
+        fp.field(field::METHOD, method.as_str().as_bytes());
+        match route {
+            Some(route) => fp.field(field::ROUTE, route.as_bytes()),
+            None => fp.hasher.put(&[field::NO_ROUTE]),
+        }
+        fp.field(field::PATH, path.as_bytes());
+        match query {
+            Some(query) => fp.field(field::QUERY, query.as_bytes()),
+            None => fp.hasher.put(&[field::NO_QUERY]),
+        }
+        fp
+    }
+
+    fn field(&mut self, tag: u8, bytes: &[u8]) {
+        self.hasher.put(&[tag]);
+        self.hasher.put(&(bytes.len() as u64).to_le_bytes());
+        self.hasher.put(bytes);
+    }
+
+    /// Adds the handler's next argument. Arguments are numbered in the order they are added, so
+    /// an input can never be mistaken for its neighbour.
+    pub fn input<T: FingerprintInput + ?Sized>(&mut self, input: &T) {
+        self.hasher.put(&[field::INPUT]);
+        self.hasher.put(&self.inputs.to_le_bytes());
+        self.inputs += 1;
+        input.fingerprint(self);
+    }
+
+    /// Adds raw bytes (a body read as `Bytes` or `String`, say).
+    pub fn bytes(&mut self, bytes: &[u8]) {
+        self.field(field::BYTES, bytes);
+    }
+
+    /// Adds a value in its canonical encoding: maps are sorted, integers are encoded by value.
+    ///
+    /// Should the value's `Serialize` implementation fail, the fingerprint is unusable and
+    /// [`Fingerprinter::finish`] says so: the request is refused rather than risk matching a
+    /// different request.
+    pub fn value<T: Serialize + ?Sized>(&mut self, value: &T) {
+        self.hasher.put(&[field::VALUE]);
+        if let Err(error) = canonical::encode(value, &mut self.hasher) {
+            self.error.get_or_insert_with(|| error.to_string());
+        }
+    }
+
+    /// The finished fingerprint.
+    ///
+    /// # Errors
+    ///
+    /// The message of the first `Serialize` error met by [`Fingerprinter::value`].
+    pub fn finish(self) -> Result<Fingerprint, String> {
+        match self.error {
+            Some(error) => Err(error),
+            None => Ok(Fingerprint(self.hasher.0.finalize().into())),
+        }
+    }
+}
+
+impl fmt::Debug for Fingerprinter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fingerprinter")
+            .field("inputs", &self.inputs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A handler argument's contribution to the request fingerprint.
+///
+/// Implemented for axum's input extractors (`Json<T>`, `Form<T>`, `Query<T>`, `Path<T>` with
+/// `T: Serialize`, `String`, `Bytes`, `RawForm`) and, contributing nothing, for extractors that read
+/// no client input (`State`, `Extension`, `MatchedPath`, `Method`, `HeaderMap`, `ConnectInfo`, …).
+///
+/// Implement it for your own extractor by feeding what it reads from the request:
+///
+/// ```
+/// use idem_runtime::fingerprint::{FingerprintInput, Fingerprinter};
+///
+/// /// The `X-Customer` header, read by an extractor of the application's.
+/// struct Customer(String);
+///
+/// impl FingerprintInput for Customer {
+///     fn fingerprint(&self, fp: &mut Fingerprinter) {
+///         fp.bytes(self.0.as_bytes());
+///     }
+/// }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be part of the idempotency fingerprint",
+    label = "idem does not know whether this extractor reads client input",
+    note = "implement `idem::FingerprintInput` for `{Self}`: feed what it reads from the request with `fp.value(..)` or `fp.bytes(..)`, or nothing if it reads no client input",
+    note = "or leave the argument out of the fingerprint with `#[idem(skip)]` on it"
+)]
+pub trait FingerprintInput {
+    /// Feeds this argument's part of the request into `fp`.
+    fn fingerprint(&self, fp: &mut Fingerprinter);
+}
+
+macro_rules! serialized_input {
+    ($($extractor:ident),*) => {$(
+        impl<T: Serialize> FingerprintInput for $extractor<T> {
+            fn fingerprint(&self, fp: &mut Fingerprinter) {
+                fp.value(&self.0);
+            }
+        }
+    )*};
+}
+
+serialized_input!(Json, Form, Query, Path);
+
+impl FingerprintInput for String {
+    fn fingerprint(&self, fp: &mut Fingerprinter) {
+        fp.bytes(self.as_bytes());
+    }
+}
+
+impl FingerprintInput for Bytes {
+    fn fingerprint(&self, fp: &mut Fingerprinter) {
+        fp.bytes(self);
+    }
+}
+
+impl FingerprintInput for RawForm {
+    fn fingerprint(&self, fp: &mut Fingerprinter) {
+        fp.bytes(&self.0);
+    }
+}
+
+impl<K: Serialize, V: Serialize, H> FingerprintInput for HashMap<K, V, H> {
+    fn fingerprint(&self, fp: &mut Fingerprinter) {
+        fp.value(self);
+    }
+}
+
+impl<T: FingerprintInput> FingerprintInput for Option<T> {
+    fn fingerprint(&self, fp: &mut Fingerprinter) {
+        match self {
+            Some(input) => {
+                fp.value(&true);
+                input.fingerprint(fp);
+            }
+            None => fp.value(&false),
+        }
+    }
+}
+
+impl<T: FingerprintInput, E> FingerprintInput for Result<T, E> {
+    /// A rejected optional extractor contributes a marker only: the handler saw no input.
+    fn fingerprint(&self, fp: &mut Fingerprinter) {
+        match self {
+            Ok(input) => {
+                fp.value(&true);
+                input.fingerprint(fp);
+            }
+            Err(_) => fp.value(&false),
+        }
+    }
+}
+
+macro_rules! non_input {
+    ($($ty:ty $(, $param:ident)?;)*) => {$(
+        impl$(<$param>)? FingerprintInput for $ty {
+            /// Reads no client input (or only what the fingerprint already covers: the method,
+            /// path and query): contributes nothing.
+            fn fingerprint(&self, _fp: &mut Fingerprinter) {}
+        }
+    )*};
+}
+
+non_input! {
+    State<S>, S;
+    Extension<T>, T;
+    ConnectInfo<T>, T;
+    MatchedPath;
+    OriginalUri;
+    RawQuery;
+    Method;
+    Uri;
+    Version;
+    HeaderMap;
+}

@@ -1,0 +1,233 @@
+//! The `Idempotency-Key` request header: reading it and deciding whether it is valid.
+//!
+//! Two spellings of a key are accepted and name the same key:
+//!
+//! - the bare form used by Stripe and most clients: `Idempotency-Key: 8e03978e-40d5-43e8-bc93-6894a57f9324`;
+//! - the RFC 8941 string form required by the IETF draft: `Idempotency-Key: "8e03978e-40d5-43e8-bc93-6894a57f9324"`.
+//!
+//! # What is valid
+//!
+//! - A bare key is 1 to `max_len` visible ASCII characters (`0x21..=0x7E`).
+//! - A quoted key follows RFC 8941 §3.3.3: inside the quotes, printable ASCII including the space
+//!   (`0x20..=0x7E`), with `"` and `\` escaped as `\"` and `\\`. The key is the unescaped content,
+//!   which must also be 1 to `max_len` characters. Spaces are accepted here (and only here) because a
+//!   client following the IETF draft may send them; a bare value cannot carry one, since HTTP trims
+//!   the whitespace around a field value.
+//! - The header must appear at most once: two `Idempotency-Key` fields are ambiguous and rejected.
+//!
+//! Everything else is an [`KeyError`] and answered with `400 Bad Request`.
+//!
+//! ```
+//! use idem_runtime::key::{IdempotencyKey, KeyError};
+//!
+//! let bare = IdempotencyKey::parse(b"abc-123", 255).unwrap();
+//! let quoted = IdempotencyKey::parse(br#""abc-123""#, 255).unwrap();
+//! assert_eq!(bare, quoted);
+//! assert_eq!(bare.as_str(), "abc-123");
+//!
+//! assert_eq!(IdempotencyKey::parse(b"", 255), Err(KeyError::Empty));
+//! assert!(matches!(IdempotencyKey::parse(b"caf\xc3\xa9", 255), Err(KeyError::InvalidByte { .. })));
+//! ```
+
+use std::fmt;
+
+use http::{HeaderMap, HeaderName};
+
+/// The default longest key, in characters (Stripe's limit).
+pub const DEFAULT_MAX_KEY_LEN: usize = 255;
+
+/// The longest `max_key_len` a handler may ask for.
+///
+/// Keys are kept in the store next to every response, so an unbounded length would let a client
+/// make the store hold arbitrary amounts of key text. 1024 characters fits any UUID, ULID or
+/// composite key a client reasonably sends.
+pub const MAX_KEY_LEN_LIMIT: usize = 1024;
+
+/// A validated idempotency key: 1 to `max_len` visible ASCII characters (or spaces, when it was sent
+/// quoted).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IdempotencyKey(Box<str>);
+
+impl IdempotencyKey {
+    /// Parses one header value, bare or RFC 8941 quoted, into a key of at most `max_len`
+    /// characters.
+    ///
+    /// # Errors
+    ///
+    /// A [`KeyError`] that says exactly what is wrong with the value.
+    pub fn parse(value: &[u8], max_len: usize) -> Result<Self, KeyError> {
+        let key = match value.first() {
+            None => return Err(KeyError::Empty),
+            Some(b'"') => parse_quoted(value)?,
+            Some(_) => parse_bare(value)?,
+        };
+        if key.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        if key.len() > max_len {
+            return Err(KeyError::TooLong {
+                len: key.len(),
+                max: max_len,
+            });
+        }
+        Ok(Self(key.into_boxed_str()))
+    }
+
+    /// Reads the key from the header `name` of a request.
+    ///
+    /// Returns `Ok(None)` when the header is absent.
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError::Repeated`] when the header appears more than once, or the error of
+    /// [`IdempotencyKey::parse`] for its value.
+    ///
+    /// ```
+    /// use http::{HeaderMap, HeaderName, HeaderValue};
+    /// use idem_runtime::key::{IdempotencyKey, KeyError};
+    ///
+    /// let name = HeaderName::from_static("idempotency-key");
+    /// let mut headers = HeaderMap::new();
+    /// assert_eq!(IdempotencyKey::from_headers(&headers, &name, 255), Ok(None));
+    ///
+    /// headers.append(&name, HeaderValue::from_static("k1"));
+    /// assert_eq!(IdempotencyKey::from_headers(&headers, &name, 255).unwrap().unwrap().as_str(), "k1");
+    ///
+    /// headers.append(&name, HeaderValue::from_static("k2"));
+    /// assert_eq!(IdempotencyKey::from_headers(&headers, &name, 255), Err(KeyError::Repeated));
+    /// ```
+    pub fn from_headers(
+        headers: &HeaderMap,
+        name: &HeaderName,
+        max_len: usize,
+    ) -> Result<Option<Self>, KeyError> {
+        let mut values = headers.get_all(name).iter();
+        let Some(value) = values.next() else {
+            return Ok(None);
+        };
+        if values.next().is_some() {
+            return Err(KeyError::Repeated);
+        }
+        Self::parse(value.as_bytes(), max_len).map(Some)
+    }
+
+    /// The key's characters, unescaped.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn parse_bare(value: &[u8]) -> Result<String, KeyError> {
+    if let Some(position) = value.iter().position(|b| !(0x21..=0x7E).contains(b)) {
+        return Err(KeyError::InvalidByte {
+            position,
+            byte: value[position],
+        });
+    }
+    // Every byte is ASCII, so this cannot fail.
+    Ok(value.iter().map(|&b| char::from(b)).collect())
+}
+
+fn parse_quoted(value: &[u8]) -> Result<String, KeyError> {
+    let mut key = String::with_capacity(value.len());
+    let mut position = 1;
+    loop {
+        let Some(&byte) = value.get(position) else {
+            return Err(KeyError::Malformed("the quoted key has no closing `\"`"));
+        };
+        match byte {
+            b'"' => break,
+            b'\\' => {
+                match value.get(position + 1) {
+                    Some(&escaped @ (b'"' | b'\\')) => key.push(char::from(escaped)),
+                    _ => {
+                        return Err(KeyError::Malformed(
+                            "inside a quoted key `\\` may only escape `\"` or `\\`",
+                        ));
+                    }
+                }
+                position += 2;
+            }
+            0x20..=0x7E => {
+                key.push(char::from(byte));
+                position += 1;
+            }
+            _ => return Err(KeyError::InvalidByte { position, byte }),
+        }
+    }
+    if position + 1 != value.len() {
+        return Err(KeyError::Malformed(
+            "nothing may follow the closing `\"` of a quoted key",
+        ));
+    }
+    Ok(key)
+}
+
+/// Why an `Idempotency-Key` header was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The value is empty (or `""`).
+    Empty,
+    /// The key is longer than the handler allows.
+    TooLong {
+        /// The key's length, in characters.
+        len: usize,
+        /// The longest key the handler accepts.
+        max: usize,
+    },
+    /// A byte that may not appear in a key: a control character, a space outside quotes, or a
+    /// non-ASCII byte.
+    InvalidByte {
+        /// Zero-based offset of the byte in the header value.
+        position: usize,
+        /// The byte itself.
+        byte: u8,
+    },
+    /// The value starts with `"` but is not a valid RFC 8941 string.
+    Malformed(&'static str),
+    /// The header was sent more than once.
+    Repeated,
+    /// The handler requires a key and the request has none.
+    Missing,
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Empty => f.write_str("the key is empty; send 1 or more visible ASCII characters"),
+            Self::TooLong { len, max } => {
+                write!(f, "the key is {len} characters long; at most {max} are allowed")
+            }
+            Self::InvalidByte { position, byte } => {
+                let what = match byte {
+                    b' ' => "a space (allowed only inside a quoted key)",
+                    0x00..=0x1F | 0x7F => "a control character",
+                    _ => "a non-ASCII byte",
+                };
+                write!(
+                    f,
+                    "byte {position} of the key is {what} (0x{byte:02X}); keys are visible ASCII characters"
+                )
+            }
+            Self::Malformed(why) => write!(f, "malformed quoted key: {why}"),
+            Self::Repeated => f.write_str("the header was sent more than once; send exactly one key"),
+            Self::Missing => f.write_str("this endpoint requires an idempotency key"),
+        }
+    }
+}
+
+impl std::error::Error for KeyError {}
