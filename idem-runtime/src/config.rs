@@ -259,7 +259,6 @@ struct Inner {
 impl Idempotency {
     /// A builder that starts from the defaults: a new [`MemoryStore`], [`AuthorizationScope`] and
     /// [`Settings::default`].
-    #[must_use]
     pub fn builder() -> IdempotencyBuilder {
         IdempotencyBuilder {
             store: None,

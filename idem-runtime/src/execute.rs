@@ -74,9 +74,9 @@ impl<O> std::fmt::Debug for Context<O> {
 }
 
 impl<O: HandlerConfig, S: Send + Sync> FromRequestParts<S> for Context<O> {
-    type Rejection = Response;
+    type Rejection = KeyRejection;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Response> {
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, KeyRejection> {
         prepare(parts, &O::OPTIONS).map(|request| Context {
             request,
             _options: PhantomData,
@@ -86,42 +86,74 @@ impl<O: HandlerConfig, S: Send + Sync> FromRequestParts<S> for Context<O> {
 
 /// Reads what the request needs before its handler's extractors run; `None` when idempotency does
 /// not apply (no key, or a method the handler does not cover).
-fn prepare(parts: &Parts, options: &HandlerOptions) -> Result<Option<Box<Prepared>>, Response> {
-        if !options.methods.contains(&parts.method) {
-            return Ok(None);
-        }
-        let config = parts
+fn prepare(parts: &Parts, options: &HandlerOptions) -> Result<Option<Box<Prepared>>, KeyRejection> {
+    if !options.methods.contains(&parts.method) {
+        return Ok(None);
+    }
+    let config = parts
+        .extensions
+        .get::<Idempotency>()
+        .unwrap_or_else(|| Idempotency::global());
+    let settings = config.settings().with(options);
+    let key = match IdempotencyKey::from_headers(
+        &parts.headers,
+        &settings.header,
+        settings.max_key_len,
+    ) {
+        Ok(Some(key)) => key,
+        Ok(None) if !settings.required => return Ok(None),
+        Ok(None) => return Err(reject_key(&KeyError::Missing, &settings)),
+        Err(error) => return Err(reject_key(&error, &settings)),
+    };
+    let scope = match options.scope {
+        Some(scope) => scope(parts),
+        None => config.scope_source().scope(parts),
+    };
+    let fingerprint = Fingerprinter::new(
+        &parts.method,
+        parts
             .extensions
-            .get::<Idempotency>()
-            .unwrap_or_else(|| Idempotency::global());
-        let settings = config.settings().with(options);
-        let key = match IdempotencyKey::from_headers(&parts.headers, &settings.header, settings.max_key_len) {
-            Ok(Some(key)) => key,
-            Ok(None) if !settings.required => return Ok(None),
-            Ok(None) => return Err(reject_key(&KeyError::Missing, &settings)),
-            Err(error) => return Err(reject_key(&error, &settings)),
-        };
-        let scope = match options.scope {
-            Some(scope) => scope(parts),
-            None => config.scope_source().scope(parts),
-        };
-        let fingerprint = Fingerprinter::new(
-            &parts.method,
-            parts.extensions.get::<MatchedPath>().map(MatchedPath::as_str),
-            parts.uri.path(),
-            parts.uri.query(),
-        );
-        Ok(Some(Box::new(Prepared {
-            config: config.clone(),
-            settings,
-            key: StoreKey::new(scope, key),
-            fingerprint,
-        })))
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str),
+        parts.uri.path(),
+        parts.uri.query(),
+    );
+    Ok(Some(Box::new(Prepared {
+        config: config.clone(),
+        settings,
+        key: StoreKey::new(scope, key),
+        fingerprint,
+    })))
 }
 
-fn reject_key(error: &KeyError, settings: &Settings) -> Response {
+fn reject_key(error: &KeyError, settings: &Settings) -> KeyRejection {
     tracing::info!(target: "idem", outcome = "invalid_key", %error, "idempotency key refused");
-    Problem::invalid_key(error, settings.header.as_str()).into_response()
+    KeyRejection {
+        error: error.clone(),
+        header: settings.header.clone(),
+    }
+}
+
+/// The rejection of [`Context`]: the key is invalid, or missing where it is required. Answers
+/// `400` problem+json ([`Problem::invalid_key`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRejection {
+    error: KeyError,
+    header: http::HeaderName,
+}
+
+impl KeyRejection {
+    /// What is wrong with the key.
+    #[must_use]
+    pub fn error(&self) -> &KeyError {
+        &self.error
+    }
+}
+
+impl IntoResponse for KeyRejection {
+    fn into_response(self) -> Response {
+        Problem::invalid_key(&self.error, self.header.as_str()).into_response()
+    }
 }
 
 impl<O> Context<O> {
@@ -214,16 +246,20 @@ async fn decide(
 ) -> Decision {
     let wait_until = Instant::now() + settings.wait_timeout;
     loop {
-        let claim = match with_timeout(settings, store.claim(key, fingerprint, settings.lease)).await {
-            Ok(claim) => claim,
-            Err(error) => return Decision::Answer(store_failed("claim", key, &error)),
-        };
+        let claim =
+            match with_timeout(settings, store.claim(key, fingerprint, settings.lease)).await {
+                Ok(claim) => claim,
+                Err(error) => return Decision::Answer(store_failed("claim", key, &error)),
+            };
         let record = match claim {
             Claim::Fresh(token) => return Decision::Run(token),
             Claim::Existing(record) => record,
         };
         let record = match record {
-            Record::InFlight { .. } if record.fingerprint() == fingerprint && settings.conflict == ConflictPolicy::Wait => {
+            Record::InFlight { .. }
+                if record.fingerprint() == fingerprint
+                    && settings.conflict == ConflictPolicy::Wait =>
+            {
                 match wait_for_result(store, settings, key, wait_until).await {
                     Ok(Some(record)) => record,
                     // Released or expired: the key is free again, so try to claim it.
@@ -238,7 +274,12 @@ async fn decide(
 }
 
 /// The answer to a request whose key already has a record.
-fn answer_existing(settings: &Settings, key: &StoreKey, fingerprint: &Fingerprint, record: &Record) -> Response {
+fn answer_existing(
+    settings: &Settings,
+    key: &StoreKey,
+    fingerprint: &Fingerprint,
+    record: &Record,
+) -> Response {
     if record.fingerprint() != fingerprint {
         tracing::info!(target: "idem", outcome = "mismatch", key = %key.key, "idempotency key reused for a different request");
         return Problem::key_reused().into_response();
@@ -342,8 +383,13 @@ impl Execution {
     async fn complete(&self, stored: &StoredResponse) {
         let completion = with_timeout(
             &self.settings,
-            self.store
-                .complete(&self.key, self.token, &self.fingerprint, stored, self.settings.ttl),
+            self.store.complete(
+                &self.key,
+                self.token,
+                &self.fingerprint,
+                stored,
+                self.settings.ttl,
+            ),
         )
         .await;
         let key = &self.key.key;
@@ -364,7 +410,9 @@ impl Execution {
     }
 
     async fn release(&self) {
-        if let Err(error) = with_timeout(&self.settings, self.store.release(&self.key, self.token)).await {
+        if let Err(error) =
+            with_timeout(&self.settings, self.store.release(&self.key, self.token)).await
+        {
             tracing::error!(target: "idem", outcome = "store_error", operation = "release", key = %self.key.key, %error, "key could not be released; it stays claimed until its lease runs out");
         }
     }

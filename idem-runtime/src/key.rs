@@ -210,7 +210,10 @@ impl fmt::Display for KeyError {
         match self {
             Self::Empty => f.write_str("the key is empty; send 1 or more visible ASCII characters"),
             Self::TooLong { len, max } => {
-                write!(f, "the key is {len} characters long; at most {max} are allowed")
+                write!(
+                    f,
+                    "the key is {len} characters long; at most {max} are allowed"
+                )
             }
             Self::InvalidByte { position, byte } => {
                 let what = match byte {
@@ -224,7 +227,9 @@ impl fmt::Display for KeyError {
                 )
             }
             Self::Malformed(why) => write!(f, "malformed quoted key: {why}"),
-            Self::Repeated => f.write_str("the header was sent more than once; send exactly one key"),
+            Self::Repeated => {
+                f.write_str("the header was sent more than once; send exactly one key")
+            }
             Self::Missing => f.write_str("this endpoint requires an idempotency key"),
         }
     }

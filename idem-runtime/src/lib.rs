@@ -23,7 +23,9 @@ pub mod replay;
 pub mod scope;
 pub mod store;
 
-pub use crate::config::{ConflictPolicy, HandlerOptions, Idempotency, IdempotencyBuilder, Methods, Settings};
+pub use crate::config::{
+    ConflictPolicy, HandlerOptions, Idempotency, IdempotencyBuilder, Methods, Settings,
+};
 pub use crate::fingerprint::{Fingerprint, FingerprintInput, Fingerprinter};
 pub use crate::key::{IdempotencyKey, KeyError};
 pub use crate::problem::Problem;

@@ -94,7 +94,9 @@ impl Problem {
                 StatusCode::BAD_REQUEST,
                 "key-missing",
                 "Idempotency key required",
-                format!("this endpoint requires an `{header}` header; send a unique key (a UUID, say) with each new request"),
+                format!(
+                    "this endpoint requires an `{header}` header; send a unique key (a UUID, say) with each new request"
+                ),
             ),
             error => Self::new(
                 StatusCode::BAD_REQUEST,
@@ -140,7 +142,9 @@ impl Problem {
             StatusCode::GONE,
             "response-not-kept",
             "Original response not kept",
-            format!("the request with this idempotency key completed with status {status}, but its {len}-byte response body was too large to keep, so it cannot be replayed; the operation was not performed again"),
+            format!(
+                "the request with this idempotency key completed with status {status}, but its {len}-byte response body was too large to keep, so it cannot be replayed; the operation was not performed again"
+            ),
         );
         problem.body.set_value("original_status", &status);
         problem.body.set_value("body_bytes", &len);
@@ -188,7 +192,9 @@ impl Problem {
             StatusCode::INTERNAL_SERVER_ERROR,
             "fingerprint-failed",
             "Request could not be fingerprinted",
-            format!("an input of this request could not be encoded for its idempotency fingerprint: {reason}"),
+            format!(
+                "an input of this request could not be encoded for its idempotency fingerprint: {reason}"
+            ),
         )
     }
 

@@ -213,7 +213,9 @@ impl StoredResponse {
         let mut input = Reader(bytes);
         let version = input.take(1)?[0];
         if version != FORMAT_VERSION {
-            return Err(DecodeError(format!("unknown record format version {version}")));
+            return Err(DecodeError(format!(
+                "unknown record format version {version}"
+            )));
         }
         let status = u16::from_le_bytes(input.array()?);
         let status = StatusCode::from_u16(status)

@@ -31,10 +31,10 @@ mod canonical;
 use std::collections::HashMap;
 use std::fmt;
 
+use axum::Json;
 use axum::extract::{
     ConnectInfo, Extension, Form, MatchedPath, OriginalUri, Path, Query, RawForm, RawQuery, State,
 };
-use axum::Json;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Uri, Version};
 use serde::Serialize;

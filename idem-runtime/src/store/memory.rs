@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use moka::Expiry;
 use moka::future::Cache;
 use moka::ops::compute::{CompResult, Op};
+use moka::policy::EvictionPolicy;
 
 use super::{Claim, ClaimToken, Completion, IdempotencyStore, Record, StoreError, StoreKey};
 use crate::fingerprint::Fingerprint;
@@ -19,7 +20,7 @@ pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 ///
 /// - **Bounded in bytes.** Each record weighs its key, headers and body plus a fixed overhead
 ///   ([`StoredResponse::weight`]); when the total passes [`max_bytes`](MemoryStoreBuilder::max_bytes)
-///   (default 64 MiB) the least useful records are evicted (moka's TinyLFU). An evicted completed
+///   (default 64 MiB) the least recently used records are evicted. An evicted completed
 ///   record means a late retry runs the handler again, so size the bound for your TTL and traffic,
 ///   or use a shared store.
 /// - **Per-record expiry.** An in-flight claim expires after its lease, a completed record after its
@@ -51,7 +52,12 @@ struct Slot {
 }
 
 impl Slot {
-    fn in_flight(key: &StoreKey, token: ClaimToken, fingerprint: Fingerprint, lease: Duration) -> Self {
+    fn in_flight(
+        key: &StoreKey,
+        token: ClaimToken,
+        fingerprint: Fingerprint,
+        lease: Duration,
+    ) -> Self {
         Self {
             record: Record::InFlight { fingerprint },
             token: Some(token),
@@ -60,7 +66,12 @@ impl Slot {
         }
     }
 
-    fn done(key: &StoreKey, fingerprint: Fingerprint, response: &StoredResponse, ttl: Duration) -> Self {
+    fn done(
+        key: &StoreKey,
+        fingerprint: Fingerprint,
+        response: &StoredResponse,
+        ttl: Duration,
+    ) -> Self {
         Self {
             weight: weigh(key, response.weight()),
             record: Record::Done {
@@ -96,7 +107,12 @@ fn weigh(key: &StoreKey, response: usize) -> u32 {
 struct SlotExpiry;
 
 impl Expiry<StoreKey, Arc<Slot>> for SlotExpiry {
-    fn expire_after_create(&self, _: &StoreKey, slot: &Arc<Slot>, now: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _: &StoreKey,
+        slot: &Arc<Slot>,
+        now: Instant,
+    ) -> Option<Duration> {
         Some(slot.expires_at.saturating_duration_since(now))
     }
 
@@ -113,7 +129,6 @@ impl Expiry<StoreKey, Arc<Slot>> for SlotExpiry {
 
 impl MemoryStore {
     /// A builder, to set the byte bound.
-    #[must_use]
     pub fn builder() -> MemoryStoreBuilder {
         MemoryStoreBuilder {
             max_bytes: DEFAULT_MAX_BYTES,
@@ -175,6 +190,9 @@ impl MemoryStoreBuilder {
             .max_capacity(self.max_bytes)
             .weigher(|_: &StoreKey, slot: &Arc<Slot>| slot.weight)
             .expire_after(SlotExpiry)
+            // Retries come soon after the original: recency is the signal that matters. TinyLFU's
+            // admission filter would turn away the newest record, the one most likely needed.
+            .eviction_policy(EvictionPolicy::lru())
             .build();
         MemoryStore {
             cache,

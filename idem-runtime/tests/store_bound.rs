@@ -1,0 +1,78 @@
+//! The in-memory store is bounded in bytes: a flood of unique keys evicts old records.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use idem_runtime::fingerprint::Fingerprint;
+use idem_runtime::key::IdempotencyKey;
+use idem_runtime::replay::StoredResponse;
+use idem_runtime::scope::Scope;
+use idem_runtime::store::{Claim, Completion, IdempotencyStore, MemoryStore, StoreKey};
+use serde_json::json;
+use support::{Harness, post_json};
+
+const BOUND: u64 = 256 * 1024;
+
+#[tokio::test]
+async fn weighted_size_stays_under_the_bound_under_a_flood() {
+    let store = MemoryStore::builder().max_bytes(BOUND).build();
+    let body = bytes::Bytes::from(vec![b'x'; 2048]);
+    for n in 0..2000u32 {
+        let key = StoreKey::new(
+            Scope::ANONYMOUS,
+            IdempotencyKey::parse(format!("flood-{n}").as_bytes(), 255).unwrap(),
+        );
+        let fp = Fingerprint::from_bytes([1; 32]);
+        let Claim::Fresh(token) = store
+            .claim(&key, &fp, Duration::from_secs(60))
+            .await
+            .unwrap()
+        else {
+            panic!("unique key {n} was not fresh");
+        };
+        let response = StoredResponse::new(
+            http::StatusCode::CREATED,
+            http::HeaderMap::new(),
+            body.clone(),
+        );
+        let done = store
+            .complete(&key, token, &fp, &response, Duration::from_secs(3600))
+            .await
+            .unwrap();
+        assert_eq!(done, Completion::Stored);
+    }
+    let size = store.weighted_size().await;
+    assert!(size <= BOUND, "{size} bytes held, bound {BOUND}");
+    // Records of more than 2 KiB each: at most 128 fit in 256 KiB, the rest were evicted.
+    let count = store.entry_count().await;
+    assert!(count > 0 && count <= BOUND / 2048, "{count} records held");
+}
+
+#[tokio::test]
+async fn the_service_keeps_answering_when_the_store_is_full() {
+    let store = Arc::new(MemoryStore::builder().max_bytes(64 * 1024).build());
+    let app = Harness::with_store(store.clone(), |b| b);
+    for n in 0..300 {
+        let key = format!("k{n}");
+        let answer = app
+            .send(post_json(
+                "/orders",
+                Some(&key),
+                &json!({"amount": n, "body_bytes": 1000}),
+            ))
+            .await;
+        assert_eq!(answer.status, 201);
+    }
+    assert!(store.weighted_size().await <= 64 * 1024);
+    // The newest key is still replayable.
+    let last = app
+        .send(post_json(
+            "/orders",
+            Some("k299"),
+            &json!({"amount": 299, "body_bytes": 1000}),
+        ))
+        .await;
+    assert!(last.is_replay());
+}
