@@ -172,8 +172,9 @@ impl<O> Context<O> {
 
     /// Runs the handler's future under the idempotency rules and answers.
     ///
-    /// Without a key the future simply runs. With one, it runs only for a fresh claim, in a task of
-    /// its own so that a client disconnect cannot cancel it; its response is stored and answered.
+    /// Without a key the future simply runs. With one, the claim and the handler run in a task of
+    /// their own so that a client disconnect cannot cancel them; the handler runs only for a fresh
+    /// claim, and its response is stored and answered.
     pub async fn run<F>(self, handler: F) -> Response
     where
         F: Future + Send + 'static,
@@ -193,7 +194,27 @@ enum Decision {
 }
 
 impl Prepared {
+    /// Runs the whole idempotent exchange — claim, handler, completion — in a task of its own.
+    ///
+    /// The task owns everything it needs, so that neither the claim nor the handler is abandoned
+    /// halfway when this future is dropped because the client went away: a claim whose answer was
+    /// lost would block its key until the lease ran out, and a handler cut short would leave its
+    /// work half done. The task finishes, stores the result, and the retry gets the replay.
     async fn run<F>(self, handler: F) -> Response
+    where
+        F: Future + Send + 'static,
+        F::Output: IntoResponse,
+    {
+        match tokio::spawn(self.process(handler)).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::error!(target: "idem", outcome = "aborted", %error, "idempotent request task did not finish");
+                Problem::handler_panicked().into_response()
+            }
+        }
+    }
+
+    async fn process<F>(self, handler: F) -> Response
     where
         F: Future + Send + 'static,
         F::Output: IntoResponse,
@@ -215,22 +236,15 @@ impl Prepared {
         match decide(&*store, &settings, &key, &fingerprint).await {
             Decision::Answer(response) => response,
             Decision::Run(token) => {
-                let execution = Execution {
+                Execution {
                     store,
                     settings,
                     key,
                     fingerprint,
                     token,
-                };
-                // The task owns everything it needs, so that it runs to completion and stores its
-                // result even if this future is dropped because the client went away.
-                match tokio::spawn(execution.run(handler)).await {
-                    Ok(response) => response,
-                    Err(error) => {
-                        tracing::error!(target: "idem", outcome = "aborted", %error, "idempotent handler task did not finish");
-                        Problem::handler_panicked().into_response()
-                    }
                 }
+                .run(handler)
+                .await
             }
         }
     }
