@@ -9,5 +9,7 @@
 
 pub use idem_runtime::*;
 
+pub use idem_macros::idempotent;
+
 #[doc(hidden)]
 pub use idem_runtime::__private;
