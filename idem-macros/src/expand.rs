@@ -1,0 +1,187 @@
+//! Code generation. Everything here may assume that `valid.rs` found no problem.
+
+use std::time::Duration;
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned as _;
+use syn::{ItemFn, ReturnType};
+
+use crate::ast::Handler;
+use crate::attr::{Args, Conflict, HttpMethod};
+use crate::ctxt::Ctxt;
+use crate::valid;
+
+/// Parses, checks and expands one `#[idempotent(args)] input`.
+pub(crate) fn idempotent(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
+    let item: ItemFn = syn::parse2(input).map_err(|_| {
+        syn::Error::new(
+            Span::call_site(),
+            "`#[idempotent]` applies to an `async fn` handler",
+        )
+    })?;
+    let mut cx = Ctxt::default();
+    let args = Args::parse(args, &mut cx);
+    let handler = Handler::from_item(item, &mut cx);
+    valid::check(&handler, &args, &mut cx);
+    cx.check()?;
+    Ok(expand(&handler, &args))
+}
+
+fn expand(handler: &Handler, args: &Args) -> TokenStream {
+    let krate = match &args.krate {
+        Some(path) => quote!(#path),
+        None => quote!(::idem),
+    };
+    let private = quote!(#krate::__private);
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+        ..
+    } = &handler.item;
+    let name = &sig.ident;
+    let options_ty = format_ident!("__idem_options_{}", name);
+    let options = options(args, &private);
+
+    let arg_names: Vec<_> = (0..handler.args.len())
+        .map(|index| format_ident!("__idem_arg{}", index))
+        .collect();
+    let outer_params = handler.args.iter().zip(&arg_names).map(|(arg, ident)| {
+        let ty = &arg.param.ty;
+        quote!(#ident: #ty)
+    });
+    let inner_params = handler.args.iter().map(|arg| &arg.param);
+    // Each input is fed to the fingerprint in a statement located at the argument's type, so that
+    // a type without `FingerprintInput` is reported there. The call-site resolution keeps the
+    // generated local variables visible when the handler is itself written by a macro.
+    let inputs: Vec<_> = handler
+        .args
+        .iter()
+        .zip(&arg_names)
+        .filter(|(arg, _)| !arg.skip)
+        .map(|(arg, ident)| {
+            let span = Span::call_site().located_at(arg.param.ty.span());
+            quote_spanned!(span=> __idem_ctx.input(&#ident);)
+        })
+        .collect();
+    let ctx_mut = if inputs.is_empty() {
+        quote!()
+    } else {
+        quote!(mut)
+    };
+    let output = &sig.output;
+    let run_span = match output {
+        ReturnType::Default => sig.ident.span(),
+        ReturnType::Type(_, ty) => Span::call_site().located_at(ty.span()),
+    };
+    let run = quote_spanned!(run_span=> __idem_ctx.run(__idem_handler(#(#arg_names),*)).await);
+    let asyncness = &sig.asyncness;
+    let fn_token = &sig.fn_token;
+
+    quote! {
+        #[doc(hidden)]
+        #[allow(non_camel_case_types)]
+        #vis struct #options_ty {}
+
+        impl #private::HandlerConfig for #options_ty {
+            const OPTIONS: #private::HandlerOptions = #private::HandlerOptions {
+                #options
+                ..#private::HandlerOptions::DEFAULT
+            };
+        }
+
+        #(#attrs)*
+        #[allow(clippy::too_many_arguments)]
+        #vis #asyncness #fn_token #name(
+            #ctx_mut __idem_ctx: #private::Context<#options_ty>,
+            #(#outer_params),*
+        ) -> #private::Response {
+            #asyncness fn __idem_handler(#(#inner_params),*) #output #block
+            #(#inputs)*
+            #run
+        }
+    }
+}
+
+/// The fields of `HandlerOptions` that the attribute sets.
+fn options(args: &Args, private: &TokenStream) -> TokenStream {
+    let some = |value: TokenStream| quote!(::core::option::Option::Some(#value));
+    let duration = |value: Duration| some(duration(value, private));
+    let mut fields = TokenStream::new();
+    if !args.methods.is_empty() {
+        let methods = args.methods.iter().map(|method| {
+            let name = format_ident!("{}", method_const(method.value));
+            quote!(#private::Methods::#name)
+        });
+        let mut methods = methods;
+        let first = methods.next().expect("not empty");
+        let value = methods.fold(first, |set, method| quote!(#set.and(#method)));
+        fields.extend(quote!(methods: #value,));
+    }
+    let mut field = |name: &str, value: Option<TokenStream>| {
+        if let Some(value) = value {
+            let name = format_ident!("{}", name);
+            fields.extend(quote!(#name: #value,));
+        }
+    };
+    field("ttl", args.ttl.map(|d| duration(d.value)));
+    field("lease", args.lease.map(|d| duration(d.value)));
+    field("wait_timeout", args.wait_timeout.map(|d| duration(d.value)));
+    field(
+        "max_key_len",
+        args.max_key_len.map(|len| {
+            let len = len.value;
+            some(quote!(#len))
+        }),
+    );
+    field(
+        "max_body_bytes",
+        args.max_body_bytes.map(|bytes| {
+            let bytes = bytes.value;
+            some(quote!(#bytes))
+        }),
+    );
+    field("required", args.required.then(|| some(quote!(true))));
+    field(
+        "header",
+        args.header.as_ref().map(|header| some(quote!(#header))),
+    );
+    field(
+        "store_server_errors",
+        args.store_server_errors.map(|store| some(quote!(#store))),
+    );
+    field(
+        "conflict",
+        args.conflict.map(|conflict| {
+            let variant = match conflict {
+                Conflict::Reject => quote!(Reject),
+                Conflict::Wait => quote!(Wait),
+            };
+            some(quote!(#private::ConflictPolicy::#variant))
+        }),
+    );
+    field("scope", args.scope.as_ref().map(|path| some(quote!(#path))));
+    fields
+}
+
+fn method_const(method: HttpMethod) -> &'static str {
+    // Only supported methods get here.
+    method.as_str()
+}
+
+/// A `Duration` constant, in the largest whole unit that represents it exactly.
+fn duration(value: Duration, private: &TokenStream) -> TokenStream {
+    let secs = value.as_secs();
+    let nanos = value.subsec_nanos();
+    if nanos == 0 {
+        return quote!(#private::Duration::from_secs(#secs));
+    }
+    if nanos % 1_000_000 == 0 {
+        if let Ok(millis) = u64::try_from(value.as_millis()) {
+            return quote!(#private::Duration::from_millis(#millis));
+        }
+    }
+    quote!(#private::Duration::new(#secs, #nanos))
+}

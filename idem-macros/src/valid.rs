@@ -1,0 +1,238 @@
+//! Checks that need more than one token: the function's shape, the methods (declared, or read from
+//! a route attribute next to `#[idempotent]`) and the ranges of the settings.
+
+use proc_macro2::{Span, TokenTree};
+use syn::visit::Visit;
+use syn::{Attribute, Meta, Signature, TypeImplTrait};
+
+use crate::ast::Handler;
+use crate::attr::{Args, HttpMethod};
+use crate::ctxt::Ctxt;
+
+/// The longest `max_key_len` accepted.
+///
+/// Keep in sync with `idem_runtime::key::MAX_KEY_LEN_LIMIT`: this crate cannot depend on the
+/// runtime (a proc-macro crate exports only macros), and the runtime rejects a larger value only at
+/// run time. `tests/ui/fail/max_key_len_too_large.rs` pins the number.
+const MAX_KEY_LEN_LIMIT: usize = 1024;
+
+/// axum implements `Handler` for functions of at most 16 extractors; the attribute adds one.
+const MAX_ARGS: usize = 15;
+
+/// Records every problem of `handler` and `args` in `cx`.
+pub(crate) fn check(handler: &Handler, args: &Args, cx: &mut Ctxt) {
+    check_signature(&handler.item.sig, cx);
+    check_declared_methods(args, cx);
+    for attr in &handler.item.attrs {
+        check_route_attr(attr, args, cx);
+    }
+    check_ranges(args, cx);
+}
+
+fn check_signature(sig: &Signature, cx: &mut Ctxt) {
+    if sig.asyncness.is_none() {
+        cx.error_spanned_by(
+            sig.fn_token,
+            "`#[idempotent]` handlers are `async fn`s: write `async fn` here",
+        );
+    }
+    if let Some(receiver) = sig.receiver() {
+        cx.error_spanned_by(
+            receiver,
+            "`#[idempotent]` handlers are free functions and cannot take `self`; take the \
+             application state with `State<..>` instead",
+        );
+    }
+    if !sig.generics.params.is_empty() {
+        cx.error_spanned_by(
+            &sig.generics,
+            "`#[idempotent]` does not support generic handlers; write the concrete types in the \
+             signature",
+        );
+    }
+    if let Some(where_clause) = &sig.generics.where_clause {
+        cx.error_spanned_by(
+            where_clause,
+            "`#[idempotent]` does not support `where` clauses; write the concrete types in the \
+             signature",
+        );
+    }
+    for input in &sig.inputs {
+        if let syn::FnArg::Typed(param) = input {
+            ImplTraitFinder { cx: &mut *cx }.visit_type(&param.ty);
+        }
+    }
+    if sig.inputs.len() > MAX_ARGS {
+        cx.error_spanned_by(
+            &sig.inputs,
+            format!(
+                "`#[idempotent]` handlers take at most {MAX_ARGS} arguments: axum accepts 16 \
+                 extractors and the attribute adds one; group some into a struct that implements \
+                 `FromRequestParts`"
+            ),
+        );
+    }
+}
+
+struct ImplTraitFinder<'a> {
+    cx: &'a mut Ctxt,
+}
+
+impl Visit<'_> for ImplTraitFinder<'_> {
+    fn visit_type_impl_trait(&mut self, ty: &TypeImplTrait) {
+        self.cx.error_spanned_by(
+            ty,
+            "`#[idempotent]` does not support `impl Trait` arguments; write the concrete \
+             extractor type",
+        );
+    }
+}
+
+fn check_declared_methods(args: &Args, cx: &mut Ctxt) {
+    for method in &args.methods {
+        if !method.value.is_supported() {
+            let name = method.value.as_str();
+            cx.syn_error(syn::Error::new(
+                method.span,
+                format!(
+                    "{name} is idempotent by definition, so an `Idempotency-Key` has no effect on \
+                     it; declare `post`, `put` or `patch`, or remove `#[idempotent]`"
+                ),
+            ));
+        }
+    }
+}
+
+/// Rejects a route attribute below `#[idempotent]` that names a method the attribute does not
+/// cover: `#[utoipa::path(get, ..)]`, `#[route(GET "/x")]`, `#[get("/x")]`.
+fn check_route_attr(attr: &Attribute, args: &Args, cx: &mut Ctxt) {
+    for (method, span) in route_methods(attr) {
+        let name = method.as_str();
+        if !method.is_supported() {
+            cx.syn_error(syn::Error::new(
+                span,
+                format!(
+                    "`#[idempotent]` on a {name} route: {name} is idempotent by definition, so an \
+                     `Idempotency-Key` has no effect on it; remove `#[idempotent]`, which is for \
+                     POST, PUT and PATCH routes"
+                ),
+            ));
+        } else if !args.methods.is_empty() && !args.methods.iter().any(|m| m.value == method) {
+            let option = method.option_name();
+            cx.syn_error(syn::Error::new(
+                span,
+                format!(
+                    "this route is {name} but `#[idempotent]` does not declare `{option}`, so \
+                     its {name} requests would get no idempotency; add `{option}` to \
+                     `#[idempotent(..)]`"
+                ),
+            ));
+        }
+    }
+}
+
+/// The methods a route attribute names, with where it names them.
+fn route_methods(attr: &Attribute) -> Vec<(HttpMethod, Span)> {
+    let Meta::List(list) = &attr.meta else {
+        return Vec::new();
+    };
+    let Some(last) = list.path.segments.last() else {
+        return Vec::new();
+    };
+    let name = last.ident.to_string();
+    let items = split_commas(list.tokens.clone());
+    let mut methods = Vec::new();
+    match name.as_str() {
+        // `#[utoipa::path(post, path = "/x")]`, `#[utoipa::path(method(get, head), path = "/x")]`
+        "path" => {
+            for item in &items {
+                match item.as_slice() {
+                    [TokenTree::Ident(ident)] => methods.extend(method_ident(ident)),
+                    [TokenTree::Ident(ident), TokenTree::Group(group)] if ident == "method" => {
+                        for token in group.stream() {
+                            if let TokenTree::Ident(ident) = token {
+                                methods.extend(method_ident(&ident));
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // `#[route(GET "/x")]` (axum-typed-routing), `#[route("/x", method = "GET")]` (actix-web)
+        "route" => {
+            if let Some(TokenTree::Ident(ident)) = items.first().and_then(|item| item.first()) {
+                methods.extend(method_ident(ident));
+            }
+            for item in &items {
+                if let [
+                    TokenTree::Ident(key),
+                    TokenTree::Punct(eq),
+                    TokenTree::Literal(value),
+                ] = item.as_slice()
+                {
+                    if key == "method" && eq.as_char() == '=' {
+                        let text = value.to_string();
+                        if let Some(method) = HttpMethod::from_name(text.trim_matches('"')) {
+                            methods.push((method, value.span()));
+                        }
+                    }
+                }
+            }
+        }
+        // `#[get("/x")]`, `#[actix_web::post("/x")]`
+        _ => {
+            if let Some(method) = HttpMethod::from_name(&name) {
+                if name == method.option_name() {
+                    methods.push((method, last.ident.span()));
+                }
+            }
+        }
+    }
+    methods
+}
+
+fn method_ident(ident: &proc_macro2::Ident) -> Option<(HttpMethod, Span)> {
+    HttpMethod::from_name(&ident.to_string()).map(|method| (method, ident.span()))
+}
+
+/// The comma-separated items of an attribute's arguments, each as its tokens.
+fn split_commas(tokens: proc_macro2::TokenStream) -> Vec<Vec<TokenTree>> {
+    let mut items = vec![Vec::new()];
+    for token in tokens {
+        match &token {
+            TokenTree::Punct(punct) if punct.as_char() == ',' => items.push(Vec::new()),
+            _ => items.last_mut().expect("never empty").push(token),
+        }
+    }
+    items.retain(|item| !item.is_empty());
+    items
+}
+
+fn check_ranges(args: &Args, cx: &mut Ctxt) {
+    if let Some(len) = &args.max_key_len {
+        if len.value == 0 {
+            cx.syn_error(syn::Error::new(
+                len.span,
+                "`max_key_len` must be at least 1; leave it out for the default of 255",
+            ));
+        } else if len.value > MAX_KEY_LEN_LIMIT {
+            cx.syn_error(syn::Error::new(
+                len.span,
+                format!(
+                    "`max_key_len` is at most {MAX_KEY_LEN_LIMIT}, the longest key idem accepts"
+                ),
+            ));
+        }
+    }
+    for (name, duration) in [("ttl", &args.ttl), ("lease", &args.lease)] {
+        if let Some(duration) = duration {
+            if duration.value.is_zero() {
+                cx.syn_error(syn::Error::new(
+                    duration.span,
+                    format!("`{name}` must be longer than zero, e.g. `{name} = \"10m\"`"),
+                ));
+            }
+        }
+    }
+}
