@@ -12,7 +12,8 @@
 //! | [`release`](IdempotencyStore::release) | delete the record, only if it still holds this token |
 //! | [`lookup`](IdempotencyStore::lookup) | read the record |
 //!
-//! [`MemoryStore`] (moka, one process) is the default. Other stores — Redis, Postgres, DynamoDB —
+//! [`MemoryStore`] (moka, one process) is the default. With the `redis` feature, `RedisStore` shares
+//! claims and results between every instance of a service. Other stores — Postgres, DynamoDB —
 //! implement the same trait outside this crate; the record format they need is
 //! [`StoredResponse::encode`] / [`StoredResponse::decode`].
 //!
@@ -20,6 +21,8 @@
 //! [`IdempotencyKey`]: crate::key::IdempotencyKey
 
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 
 use std::fmt;
 use std::sync::Arc;
@@ -28,6 +31,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use self::memory::{DEFAULT_MAX_BYTES, MemoryStore, MemoryStoreBuilder};
+#[cfg(feature = "redis")]
+pub use self::redis::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOCAL_TIER_BYTES, DEFAULT_PREFIX, DEFAULT_RESPONSE_TIMEOUT,
+    RedisStore, RedisStoreBuilder,
+};
 use crate::fingerprint::Fingerprint;
 use crate::key::IdempotencyKey;
 use crate::replay::StoredResponse;

@@ -1,0 +1,674 @@
+//! The store contract: what every `IdempotencyStore` must do, written once over
+//! `Arc<dyn IdempotencyStore>` and run against the memory store, the Redis store, and the Redis
+//! store with its local tier.
+
+#![allow(missing_docs)]
+
+#[cfg(feature = "redis")]
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use idem_runtime::fingerprint::Fingerprint;
+use idem_runtime::key::IdempotencyKey;
+use idem_runtime::replay::StoredResponse;
+use idem_runtime::scope::Scope;
+use idem_runtime::store::{Claim, ClaimToken, Completion, IdempotencyStore, Record, StoreKey};
+
+const LONG: Duration = Duration::from_secs(600);
+const SHORT: Duration = Duration::from_millis(50);
+/// The most polls waiting for something to expire: a bound, not a timing assertion.
+const POLLS: usize = 2000;
+
+fn key(name: &str) -> StoreKey {
+    StoreKey::new(
+        Scope::ANONYMOUS,
+        IdempotencyKey::parse(name.as_bytes(), 255).unwrap(),
+    )
+}
+
+fn fp(byte: u8) -> Fingerprint {
+    Fingerprint::from_bytes([byte; 32])
+}
+
+fn response(body: &'static str) -> StoredResponse {
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    StoredResponse::new(
+        StatusCode::CREATED,
+        headers,
+        Bytes::from_static(body.as_bytes()),
+    )
+}
+
+async fn fresh(
+    store: &dyn IdempotencyStore,
+    key: &StoreKey,
+    fingerprint: &Fingerprint,
+    lease: Duration,
+) -> ClaimToken {
+    match store.claim(key, fingerprint, lease).await.unwrap() {
+        Claim::Fresh(token) => token,
+        Claim::Existing(record) => panic!("expected a fresh claim, found {record:?}"),
+    }
+}
+
+fn done(record: Option<Record>) -> (Fingerprint, Arc<StoredResponse>) {
+    match record {
+        Some(Record::Done {
+            fingerprint,
+            response,
+        }) => (fingerprint, response),
+        other => panic!("expected a done record, found {other:?}"),
+    }
+}
+
+/// Claims until the claim is fresh: the previous one's lease has run out.
+async fn claim_after_lease(
+    store: &dyn IdempotencyStore,
+    key: &StoreKey,
+    fingerprint: &Fingerprint,
+) -> ClaimToken {
+    for _ in 0..POLLS {
+        if let Claim::Fresh(token) = store.claim(key, fingerprint, LONG).await.unwrap() {
+            return token;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the lease never ran out");
+}
+
+// ---- the contract ----
+
+async fn concurrent_claims_on_a_free_key_give_exactly_one_fresh(store: Arc<dyn IdempotencyStore>) {
+    const CLAIMS: usize = 32;
+    let k = key("race");
+    let tasks: Vec<_> = (0..CLAIMS)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            let k = k.clone();
+            tokio::spawn(async move { store.claim(&k, &fp(1), LONG).await.unwrap() })
+        })
+        .collect();
+    let mut fresh = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Claim::Fresh(_) => fresh += 1,
+            Claim::Existing(record) => assert_eq!(record, Record::InFlight { fingerprint: fp(1) }),
+        }
+    }
+    assert_eq!(fresh, 1, "exactly one of {CLAIMS} concurrent claims wins");
+}
+
+async fn a_claimed_key_answers_the_in_flight_record_with_its_fingerprint(
+    store: Arc<dyn IdempotencyStore>,
+) {
+    let k = key("claimed");
+    fresh(&*store, &k, &fp(1), LONG).await;
+    for other in [fp(1), fp(2)] {
+        assert_eq!(
+            store.claim(&k, &other, LONG).await.unwrap(),
+            Claim::Existing(Record::InFlight { fingerprint: fp(1) })
+        );
+    }
+    assert_eq!(
+        store.lookup(&k).await.unwrap(),
+        Some(Record::InFlight { fingerprint: fp(1) })
+    );
+}
+
+async fn complete_stores_under_the_claim_token_and_claims_then_see_it(
+    store: Arc<dyn IdempotencyStore>,
+) {
+    let k = key("complete");
+    let token = fresh(&*store, &k, &fp(1), LONG).await;
+    let stored = response(r#"{"id":"ch_1"}"#);
+    assert_eq!(
+        store
+            .complete(&k, token, &fp(1), &stored, LONG)
+            .await
+            .unwrap(),
+        Completion::Stored
+    );
+
+    let (fingerprint, kept) = done(store.lookup(&k).await.unwrap());
+    assert_eq!((fingerprint, &*kept), (fp(1), &stored));
+    match store.claim(&k, &fp(2), LONG).await.unwrap() {
+        Claim::Existing(Record::Done {
+            fingerprint,
+            response,
+        }) => {
+            assert_eq!((fingerprint, &*response), (fp(1), &stored));
+        }
+        other => panic!("a completed key answers its record, found {other:?}"),
+    }
+}
+
+async fn complete_with_another_token_is_refused_and_writes_nothing(
+    store: Arc<dyn IdempotencyStore>,
+) {
+    let k = key("complete-cas");
+    let token = fresh(&*store, &k, &fp(1), LONG).await;
+    let stranger = ClaimToken::random();
+    assert_ne!(stranger, token);
+    assert_eq!(
+        store
+            .complete(&k, stranger, &fp(1), &response("stolen"), LONG)
+            .await
+            .unwrap(),
+        Completion::LeaseLost
+    );
+    assert_eq!(
+        store.lookup(&k).await.unwrap(),
+        Some(Record::InFlight { fingerprint: fp(1) })
+    );
+
+    // A completed record is never overwritten, not even by its own token.
+    assert_eq!(
+        store
+            .complete(&k, token, &fp(1), &response("first"), LONG)
+            .await
+            .unwrap(),
+        Completion::Stored
+    );
+    assert_eq!(
+        store
+            .complete(&k, token, &fp(1), &response("second"), LONG)
+            .await
+            .unwrap(),
+        Completion::LeaseLost
+    );
+    assert_eq!(
+        done(store.lookup(&k).await.unwrap()).1.body(),
+        response("first").body()
+    );
+}
+
+async fn complete_without_a_record_stores(store: Arc<dyn IdempotencyStore>) {
+    // The lease lapsed and nobody claimed the key since: keeping the result saves a re-run.
+    let k = key("complete-lapsed");
+    let token = fresh(&*store, &k, &fp(1), SHORT).await;
+    for _ in 0..POLLS {
+        if store.lookup(&k).await.unwrap().is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(store.lookup(&k).await.unwrap(), None, "the lease ran out");
+    assert_eq!(
+        store
+            .complete(&k, token, &fp(1), &response("late"), LONG)
+            .await
+            .unwrap(),
+        Completion::Stored
+    );
+    assert_eq!(
+        done(store.lookup(&k).await.unwrap()).1.body(),
+        response("late").body()
+    );
+}
+
+async fn release_frees_the_key_only_under_the_claim_token(store: Arc<dyn IdempotencyStore>) {
+    let k = key("release");
+    let token = fresh(&*store, &k, &fp(1), LONG).await;
+    store.release(&k, ClaimToken::random()).await.unwrap();
+    assert_eq!(
+        store.lookup(&k).await.unwrap(),
+        Some(Record::InFlight { fingerprint: fp(1) })
+    );
+
+    store.release(&k, token).await.unwrap();
+    assert_eq!(store.lookup(&k).await.unwrap(), None);
+    let next = fresh(&*store, &k, &fp(2), LONG).await;
+
+    // The first claim's token no longer releases anything.
+    store.release(&k, token).await.unwrap();
+    assert_eq!(
+        store.lookup(&k).await.unwrap(),
+        Some(Record::InFlight { fingerprint: fp(2) })
+    );
+
+    // Nor does any token release a completed record.
+    store
+        .complete(&k, next, &fp(2), &response("kept"), LONG)
+        .await
+        .unwrap();
+    store.release(&k, next).await.unwrap();
+    assert!(matches!(
+        store.lookup(&k).await.unwrap(),
+        Some(Record::Done { .. })
+    ));
+}
+
+async fn lookup_of_an_unknown_key_is_none(store: Arc<dyn IdempotencyStore>) {
+    assert_eq!(store.lookup(&key("never-seen")).await.unwrap(), None);
+}
+
+async fn a_lapsed_lease_is_taken_over_and_the_late_owner_loses(store: Arc<dyn IdempotencyStore>) {
+    let k = key("takeover");
+    let late = fresh(&*store, &k, &fp(1), SHORT).await;
+    let owner = claim_after_lease(&*store, &k, &fp(1)).await;
+    assert_ne!(late, owner);
+
+    assert_eq!(
+        store
+            .complete(&k, late, &fp(1), &response("late"), LONG)
+            .await
+            .unwrap(),
+        Completion::LeaseLost,
+        "the late owner must not write over the new claim"
+    );
+    store.release(&k, late).await.unwrap();
+    assert_eq!(
+        store.lookup(&k).await.unwrap(),
+        Some(Record::InFlight { fingerprint: fp(1) })
+    );
+
+    assert_eq!(
+        store
+            .complete(&k, owner, &fp(1), &response("owner"), LONG)
+            .await
+            .unwrap(),
+        Completion::Stored
+    );
+    assert_eq!(
+        store
+            .complete(&k, late, &fp(1), &response("late"), LONG)
+            .await
+            .unwrap(),
+        Completion::LeaseLost,
+        "nor over the new owner's result"
+    );
+    assert_eq!(
+        done(store.lookup(&k).await.unwrap()).1.body(),
+        response("owner").body()
+    );
+}
+
+async fn a_result_is_forgotten_after_its_ttl(store: Arc<dyn IdempotencyStore>) {
+    let k = key("ttl");
+    let token = fresh(&*store, &k, &fp(1), LONG).await;
+    store
+        .complete(&k, token, &fp(1), &response("short-lived"), SHORT)
+        .await
+        .unwrap();
+    for _ in 0..POLLS {
+        if store.lookup(&k).await.unwrap().is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(store.lookup(&k).await.unwrap(), None, "the TTL ran out");
+    fresh(&*store, &k, &fp(2), LONG).await;
+}
+
+async fn responses_come_back_exactly_as_stored(store: Arc<dyn IdempotencyStore>) {
+    let mut headers = HeaderMap::new();
+    headers.append("x-charge", HeaderValue::from_static("a"));
+    headers.append("x-charge", HeaderValue::from_static("b"));
+    headers.insert(
+        "content-type",
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert("set-cookie", HeaderValue::from_static("session=1"));
+    let binary: Vec<u8> = (0..=255).chain(0..=255).collect();
+    let cases = [
+        StoredResponse::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            headers.clone(),
+            Bytes::from(binary),
+        ),
+        StoredResponse::new(StatusCode::NO_CONTENT, HeaderMap::new(), Bytes::new()),
+        StoredResponse::without_body(StatusCode::OK, headers, 10 * 1024 * 1024),
+    ];
+    for (i, stored) in cases.iter().enumerate() {
+        let k = key(&format!("round-trip-{i}"));
+        let token = fresh(&*store, &k, &fp(3), LONG).await;
+        store
+            .complete(&k, token, &fp(3), stored, LONG)
+            .await
+            .unwrap();
+        let (_, kept) = done(store.lookup(&k).await.unwrap());
+        assert_eq!(&*kept, stored);
+        assert!(kept.headers().get("set-cookie").is_none());
+        assert_eq!(
+            kept.headers().get_all("x-charge").iter().count(),
+            if i == 1 { 0 } else { 2 }
+        );
+    }
+}
+
+async fn scopes_keep_equal_keys_apart(store: Arc<dyn IdempotencyStore>) {
+    let name = IdempotencyKey::parse(b"shared-name", 255).unwrap();
+    let alice = StoreKey::new(Scope::from_identity("alice"), name.clone());
+    let bob = StoreKey::new(Scope::from_identity("bob"), name);
+    let token = fresh(&*store, &alice, &fp(1), LONG).await;
+    store
+        .complete(&alice, token, &fp(1), &response("alice's"), LONG)
+        .await
+        .unwrap();
+    assert_eq!(store.lookup(&bob).await.unwrap(), None);
+    fresh(&*store, &bob, &fp(1), LONG).await;
+}
+
+/// Runs every contract function against each store, as one test per pair.
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod memory_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(std::sync::Arc::new(idem_runtime::store::MemoryStore::default())).await;
+                }
+            )*
+        }
+
+        #[cfg(feature = "redis")]
+        mod redis_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(target) = crate::redis_server::RedisTarget::get() else { return };
+                    super::$name(std::sync::Arc::new(target.store().await)).await;
+                }
+            )*
+        }
+
+        #[cfg(feature = "redis")]
+        mod redis_store_with_local_tier {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(target) = crate::redis_server::RedisTarget::get() else { return };
+                    let store = target.builder().local_tier(1024 * 1024).build().await.unwrap();
+                    assert!(store.has_local_tier());
+                    super::$name(std::sync::Arc::new(store)).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    concurrent_claims_on_a_free_key_give_exactly_one_fresh,
+    a_claimed_key_answers_the_in_flight_record_with_its_fingerprint,
+    complete_stores_under_the_claim_token_and_claims_then_see_it,
+    complete_with_another_token_is_refused_and_writes_nothing,
+    complete_without_a_record_stores,
+    release_frees_the_key_only_under_the_claim_token,
+    lookup_of_an_unknown_key_is_none,
+    a_lapsed_lease_is_taken_over_and_the_late_owner_loses,
+    a_result_is_forgotten_after_its_ttl,
+    responses_come_back_exactly_as_stored,
+    scopes_keep_equal_keys_apart,
+);
+
+// ---- Redis only: record layout and versioning ----
+
+#[cfg(feature = "redis")]
+mod redis_records {
+    use ::redis::AsyncCommands;
+
+    use super::*;
+    use crate::redis_server::RedisTarget;
+
+    #[tokio::test]
+    async fn records_live_at_prefix_scope_and_key_with_a_version() {
+        let Some(target) = RedisTarget::get() else {
+            return;
+        };
+        let store = target
+            .builder()
+            .prefix("layout-test:")
+            .build()
+            .await
+            .unwrap();
+        let mut raw = target.raw().await;
+        let k = StoreKey::new(
+            Scope::from_identity("alice"),
+            IdempotencyKey::parse(b"order-1", 255).unwrap(),
+        );
+        let redis_key = format!("layout-test:{}:order-1", Scope::from_identity("alice"));
+        assert_eq!(store.redis_key(&k), redis_key);
+
+        let token = fresh(&store, &k, &fp(1), LONG).await;
+        let fields: std::collections::HashMap<String, Vec<u8>> =
+            raw.hgetall(&redis_key).await.unwrap();
+        assert_eq!(fields["v"], b"1");
+        assert_eq!(fields["state"], b"in_flight");
+        assert_eq!(fields["token"], token.to_string().as_bytes());
+        assert_eq!(fields["fp"], fp(1).to_string().as_bytes());
+        let lease: i64 = raw.pttl(&redis_key).await.unwrap();
+        assert!(
+            lease > 0 && lease <= 600_000,
+            "the lease is the record's expiry: {lease}"
+        );
+
+        let stored = response("{}");
+        store
+            .complete(&k, token, &fp(1), &stored, Duration::from_secs(3600))
+            .await
+            .unwrap();
+        let fields: std::collections::HashMap<String, Vec<u8>> =
+            raw.hgetall(&redis_key).await.unwrap();
+        assert_eq!(fields["state"], b"done");
+        assert!(!fields.contains_key("token"));
+        assert_eq!(fields["response"], stored.encode());
+        let ttl: i64 = raw.pttl(&redis_key).await.unwrap();
+        assert!(
+            ttl > 600_000 && ttl <= 3_600_000,
+            "the TTL is the record's expiry: {ttl}"
+        );
+        let _: () = raw.del(&redis_key).await.unwrap();
+    }
+
+    /// Writes `fields` at the record of `k` and checks that claim and lookup fail closed.
+    async fn refused(fields: &[(&str, &[u8])], why: &str) {
+        let Some(target) = RedisTarget::get() else {
+            return;
+        };
+        let store = target.store().await;
+        let mut raw = target.raw().await;
+        let k = key("tampered");
+        let _: () = raw
+            .hset_multiple(store.redis_key(&k), fields)
+            .await
+            .unwrap();
+
+        let claim = store.claim(&k, &fp(1), LONG).await;
+        let error = claim
+            .expect_err("an unreadable record must not be claimed over")
+            .to_string();
+        assert!(error.contains(why), "{error}");
+        let error = store.lookup(&k).await.expect_err("nor read").to_string();
+        assert!(error.contains(why), "{error}");
+        let token = ClaimToken::random();
+        assert_eq!(
+            store
+                .complete(&k, token, &fp(1), &response("x"), LONG)
+                .await
+                .unwrap(),
+            Completion::LeaseLost,
+            "nor overwritten"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_record_of_an_unknown_format_version_fails_closed() {
+        let fingerprint = fp(1).to_string();
+        refused(
+            &[
+                ("v", b"2"),
+                ("state", b"done"),
+                ("fp", fingerprint.as_bytes()),
+            ],
+            "version",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_record_whose_response_does_not_decode_fails_closed() {
+        let fingerprint = fp(1).to_string();
+        let mut future = response("{}").encode();
+        future[0] = 9;
+        refused(
+            &[
+                ("v", b"1"),
+                ("state", b"done"),
+                ("fp", fingerprint.as_bytes()),
+                ("response", &future),
+            ],
+            "version 9",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_record_with_an_unknown_state_fails_closed() {
+        let fingerprint = fp(1).to_string();
+        refused(
+            &[
+                ("v", b"1"),
+                ("state", b"paused"),
+                ("fp", fingerprint.as_bytes()),
+            ],
+            "state",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_key_of_another_type_fails_closed() {
+        let Some(target) = RedisTarget::get() else {
+            return;
+        };
+        let store = target.store().await;
+        let mut raw = target.raw().await;
+        let k = key("not-a-hash");
+        let _: () = raw.set(store.redis_key(&k), "plain string").await.unwrap();
+        assert!(store.claim(&k, &fp(1), LONG).await.is_err());
+        assert!(store.lookup(&k).await.is_err());
+        assert!(store.release(&k, ClaimToken::random()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn prefixes_keep_stores_apart() {
+        let Some(target) = RedisTarget::get() else {
+            return;
+        };
+        let a = target.store().await;
+        let b = target.store().await;
+        let k = key("same");
+        fresh(&a, &k, &fp(1), LONG).await;
+        fresh(&b, &k, &fp(1), LONG).await;
+    }
+
+    #[tokio::test]
+    async fn the_local_tier_answers_replays_without_redis() {
+        let Some(target) = RedisTarget::get() else {
+            return;
+        };
+        let store = target
+            .builder()
+            .local_tier(1024 * 1024)
+            .build()
+            .await
+            .unwrap();
+        let mut raw = target.raw().await;
+        let k = key("tiered");
+        let token = fresh(&store, &k, &fp(1), LONG).await;
+        store
+            .complete(&k, token, &fp(1), &response("kept"), LONG)
+            .await
+            .unwrap();
+
+        // With the Redis record gone, only the local tier can still answer.
+        let _: () = raw.del(store.redis_key(&k)).await.unwrap();
+        assert_eq!(
+            done(store.lookup(&k).await.unwrap()).1.body(),
+            response("kept").body()
+        );
+        match store.claim(&k, &fp(2), LONG).await.unwrap() {
+            Claim::Existing(Record::Done { fingerprint, .. }) => assert_eq!(fingerprint, fp(1)),
+            other => panic!("the tier answers the done record, found {other:?}"),
+        }
+
+        // A store without the tier goes to Redis.
+        let plain = target
+            .builder()
+            .prefix(store.prefix())
+            .build()
+            .await
+            .unwrap();
+        assert_eq!(plain.lookup(&k).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn the_local_tier_keeps_records_another_instance_completed() {
+        let Some(target) = RedisTarget::get() else {
+            return;
+        };
+        let writer = target.store().await;
+        let reader = target
+            .builder()
+            .prefix(writer.prefix())
+            .local_tier(1024 * 1024)
+            .build()
+            .await
+            .unwrap();
+        let mut raw = target.raw().await;
+        let k = key("seen-once");
+        let token = fresh(&writer, &k, &fp(1), LONG).await;
+        assert!(matches!(
+            reader.lookup(&k).await.unwrap(),
+            Some(Record::InFlight { .. })
+        ));
+        writer
+            .complete(&k, token, &fp(1), &response("theirs"), LONG)
+            .await
+            .unwrap();
+        assert!(matches!(
+            reader.claim(&k, &fp(1), LONG).await.unwrap(),
+            Claim::Existing(Record::Done { .. })
+        ));
+
+        let _: () = raw.del(writer.redis_key(&k)).await.unwrap();
+        assert_eq!(
+            done(reader.lookup(&k).await.unwrap()).1.body(),
+            response("theirs").body()
+        );
+    }
+
+    #[tokio::test]
+    async fn build_refuses_a_missing_or_bad_target_and_an_unreachable_server() {
+        let error = idem_runtime::store::RedisStore::builder()
+            .build()
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("URL or a client"), "{error}");
+        let error = idem_runtime::store::RedisStore::builder()
+            .url("not a url")
+            .build()
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("invalid Redis URL"), "{error}");
+        let error = idem_runtime::store::RedisStore::builder()
+            .url("redis+unix:///nonexistent/idem-test.sock")
+            .build()
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("could not connect"), "{error}");
+        let error = idem_runtime::store::RedisStore::builder()
+            .url("redis://127.0.0.1:1")
+            .response_timeout(Duration::ZERO)
+            .build()
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("longer than zero"), "{error}");
+    }
+}
