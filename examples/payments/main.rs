@@ -1,0 +1,57 @@
+//! A small payments API whose writes are safe to retry: `cargo run --example payments`.
+//!
+//! Listens on `$PAYMENTS_ADDR` (default `127.0.0.1:3000`). Keys live in the process's memory, or,
+//! when built with `--features redis` and `$REDIS_URL` is set, in Redis, so that several instances
+//! share them. The routes are described in `app.rs`; the README shows a session with curl.
+
+// The address line is this program's interface: scripts wait for it.
+#![allow(clippy::print_stdout)]
+
+mod app;
+
+use std::error::Error;
+
+use axum::Extension;
+use idem::config::Idempotency;
+use tokio::net::TcpListener;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn Error>> {
+    let addr = std::env::var("PAYMENTS_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
+    let (idempotency, store) = idempotency().await?;
+    let router = app::router(app::Payments::default()).layer(Extension(idempotency));
+
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|error| format!("cannot listen on {addr}: {error}"))?;
+    println!(
+        "payments example listening on http://{} (keys in {store})",
+        listener.local_addr()?
+    );
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async {
+            // Without a signal handler the server simply runs until it is killed.
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })
+        .await?;
+    Ok(())
+}
+
+/// The idempotency configuration and a description of where keys are kept: Redis when the
+/// `redis` feature is on and `$REDIS_URL` is set, this process's memory otherwise.
+async fn idempotency() -> Result<(Idempotency, String), Box<dyn Error>> {
+    #[cfg(feature = "redis")]
+    if let Ok(url) = std::env::var("REDIS_URL") {
+        let store = idem::store::RedisStore::builder()
+            .url(url.as_str())
+            .prefix("payments:idem:")
+            .build()
+            .await
+            .map_err(|error| format!("cannot use Redis at {url}: {error}"))?;
+        let idempotency = Idempotency::builder().store(store).build()?;
+        return Ok((idempotency, format!("Redis at {url}")));
+    }
+    Ok((Idempotency::builder().build()?, "memory".to_owned()))
+}
