@@ -229,7 +229,10 @@ impl StoredResponse {
             let len = u32::from_le_bytes(input.array()?) as usize;
             let value = HeaderValue::from_bytes(input.take(len)?)
                 .map_err(|e| DecodeError(format!("invalid header value: {e}")))?;
-            headers.append(name, value);
+            // A map holds at most 32 768 entries; `append` would panic past that.
+            headers
+                .try_append(name, value)
+                .map_err(|_| DecodeError("more headers than a header map holds".into()))?;
         }
         let kind = input.take(1)?[0];
         let len = u64::from_le_bytes(input.array()?);
