@@ -1,3 +1,5 @@
+#![deny(warnings)]
+
 use axum::extract::{Path, State};
 use axum::routing::post;
 use axum::{Json, Router};
