@@ -59,10 +59,11 @@ fn expand(handler: &Handler, args: &Args) -> TokenStream {
     let inputs: Vec<_> = handler
         .args
         .iter()
-        .zip(&arg_names)
-        .filter(|(arg, _)| !arg.skip)
-        .map(|(arg, ident)| {
+        .enumerate()
+        .filter(|(_, arg)| !arg.skip)
+        .map(|(index, arg)| {
             let span = Span::call_site().located_at(arg.param.ty.span());
+            let ident = format_ident!("__idem_arg{}", index, span = span);
             quote_spanned!(span=> __idem_ctx.input(&#ident);)
         })
         .collect();

@@ -1,0 +1,8 @@
+use idem::idempotent;
+
+#[idempotent(ttl = "0s")]
+async fn create_charge() -> &'static str {
+    "created"
+}
+
+fn main() {}
