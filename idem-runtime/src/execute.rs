@@ -358,6 +358,23 @@ struct Execution {
     token: ClaimToken,
 }
 
+/// What a finished execution writes to the store.
+enum Outcome {
+    /// Keep the response for replay.
+    Complete(StoredResponse),
+    /// Free the key, so that the next request runs the handler.
+    Release,
+}
+
+impl Outcome {
+    fn operation(&self) -> &'static str {
+        match self {
+            Self::Complete(_) => "complete",
+            Self::Release => "release",
+        }
+    }
+}
+
 impl Execution {
     async fn run<F>(self, handler: F) -> Response
     where
@@ -374,27 +391,66 @@ impl Execution {
         match produced {
             Err(_panic) => {
                 tracing::error!(target: "idem", outcome = "panicked", key = %self.key.key, "idempotent handler panicked; key released");
-                self.release().await;
+                self.record(Outcome::Release).await;
                 Problem::handler_panicked().into_response()
             }
             Ok(Err(error)) => {
                 tracing::error!(target: "idem", outcome = "response_failed", key = %self.key.key, %error, "response body failed; key released");
-                self.release().await;
+                self.record(Outcome::Release).await;
                 Problem::response_failed().into_response()
             }
             Ok(Ok((first, stored))) => {
                 if stored.status().is_server_error() && !self.settings.store_server_errors {
                     tracing::info!(target: "idem", outcome = "executed", stored = false, key = %self.key.key, status = stored.status().as_u16(), "server error not stored; key released");
-                    self.release().await;
+                    self.record(Outcome::Release).await;
                 } else {
-                    self.complete(&stored).await;
+                    self.record(Outcome::Complete(stored)).await;
                 }
                 first
             }
         }
     }
 
-    async fn complete(&self, stored: &StoredResponse) {
+    /// Writes the outcome. If the store fails, the handler's answer still goes to the client at
+    /// once, and the write is retried in the background until it lands or the claim's lease runs
+    /// out: a transient fault must not leave the key in flight for a whole lease, after which a
+    /// retry would run the handler a second time (a lost completion) or wait for nothing (a lost
+    /// release).
+    async fn record(self, outcome: Outcome) {
+        let Err(error) = self.write(&outcome).await else {
+            return;
+        };
+        let operation = outcome.operation();
+        tracing::error!(target: "idem", outcome = "store_error", operation, key = %self.key.key, %error, "store write failed; retrying in the background until the lease runs out");
+        tokio::spawn(self.retry(outcome));
+    }
+
+    async fn retry(self, outcome: Outcome) {
+        let give_up = Instant::now() + self.settings.lease;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            sleep(pause).await;
+            match self.write(&outcome).await {
+                Ok(()) => return,
+                Err(error) if Instant::now() >= give_up => {
+                    tracing::error!(target: "idem", outcome = "store_error", operation = outcome.operation(), key = %self.key.key, %error, "store write still failing when the lease ran out; giving up");
+                    return;
+                }
+                Err(_) => pause = (pause * 2).min(Duration::from_secs(1)),
+            }
+        }
+    }
+
+    async fn write(&self, outcome: &Outcome) -> Result<(), StoreError> {
+        match outcome {
+            Outcome::Complete(stored) => self.complete(stored).await,
+            Outcome::Release => {
+                with_timeout(&self.settings, self.store.release(&self.key, self.token)).await
+            }
+        }
+    }
+
+    async fn complete(&self, stored: &StoredResponse) -> Result<(), StoreError> {
         let completion = with_timeout(
             &self.settings,
             self.store.complete(
@@ -405,29 +461,17 @@ impl Execution {
                 self.settings.ttl,
             ),
         )
-        .await;
+        .await?;
         let key = &self.key.key;
         let status = stored.status().as_u16();
         match completion {
-            Ok(Completion::Stored) => {
+            Completion::Stored => {
                 tracing::info!(target: "idem", outcome = "executed", stored = true, %key, status, "response stored for replay");
             }
-            Ok(Completion::LeaseLost) => {
+            Completion::LeaseLost => {
                 tracing::warn!(target: "idem", outcome = "executed", stored = false, %key, status, "claim lease ran out and the key was taken over; response not stored");
             }
-            Err(error) => {
-                // The handler ran: its answer still goes to the client. The key stays in flight
-                // until its lease runs out.
-                tracing::error!(target: "idem", outcome = "store_error", operation = "complete", %key, status, %error, "response could not be stored");
-            }
         }
-    }
-
-    async fn release(&self) {
-        if let Err(error) =
-            with_timeout(&self.settings, self.store.release(&self.key, self.token)).await
-        {
-            tracing::error!(target: "idem", outcome = "store_error", operation = "release", key = %self.key.key, %error, "key could not be released; it stays claimed until its lease runs out");
-        }
+        Ok(())
     }
 }

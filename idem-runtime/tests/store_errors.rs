@@ -22,6 +22,7 @@ struct Faulty {
     fail_claim: AtomicBool,
     stall_claim: AtomicBool,
     fail_complete: AtomicBool,
+    fail_release: AtomicBool,
     fail_lookup: AtomicBool,
 }
 
@@ -60,6 +61,7 @@ impl IdempotencyStore for Faulty {
         self.inner.complete(key, token, fp, response, ttl).await
     }
     async fn release(&self, key: &StoreKey, token: ClaimToken) -> Result<(), StoreError> {
+        Self::check(&self.fail_release, None).await?;
         self.inner.release(key, token).await
     }
     async fn lookup(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
@@ -112,8 +114,21 @@ async fn a_stalled_claim_times_out_with_503() {
     assert_eq!(app.executions(), 0);
 }
 
+/// Sends `order` with key `k` until the answer is not a 409 (the key is no longer in flight); a
+/// bound on attempts, not on time.
+async fn until_not_in_flight(app: &Harness, order: &serde_json::Value) -> support::Answer {
+    for _ in 0..500 {
+        let answer = app.send(post_json("/orders", Some("k"), order)).await;
+        if answer.status != 409 {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the key stayed in flight after the store recovered");
+}
+
 #[tokio::test]
-async fn a_failing_completion_still_answers_the_first_caller() {
+async fn a_failed_completion_is_retried_until_it_lands() {
     let store = Arc::new(Faulty::default());
     let app = harness(&store);
     let order = json!({"amount": 1});
@@ -123,12 +138,40 @@ async fn a_failing_completion_still_answers_the_first_caller() {
         first.status, 201,
         "the handler ran; its answer is not withheld"
     );
-    store.fail_complete.store(false, Ordering::SeqCst);
-    // The record stays in flight until its lease runs out: retries are told to wait, never run twice.
+    // While the store fails, the record stays in flight: retries are told to wait, never run twice.
     app.send(post_json("/orders", Some("k"), &order))
         .await
         .assert_problem(409, "request-in-flight");
+
+    // Once the store recovers, the completion lands without waiting for the (5 minute) lease, and
+    // the retry is the replay of the first answer.
+    store.fail_complete.store(false, Ordering::SeqCst);
+    let retry = until_not_in_flight(&app, &order).await;
+    assert!(retry.is_replay(), "status {}", retry.status);
+    assert_eq!(retry.body, first.body);
     assert_eq!(app.executions(), 1);
+}
+
+#[tokio::test]
+async fn a_failed_release_is_retried_so_the_key_is_not_stuck() {
+    let store = Arc::new(Faulty::default());
+    let app = harness(&store);
+    let order = json!({"amount": 1, "panic": true});
+    store.fail_release.store(true, Ordering::SeqCst);
+    app.send(post_json("/orders", Some("k"), &order))
+        .await
+        .assert_problem(500, "handler-panicked");
+    app.send(post_json("/orders", Some("k"), &order))
+        .await
+        .assert_problem(409, "request-in-flight");
+
+    // Once the store recovers the key is released, well before its lease runs out: the retry
+    // runs the handler again.
+    store.fail_release.store(false, Ordering::SeqCst);
+    until_not_in_flight(&app, &order)
+        .await
+        .assert_problem(500, "handler-panicked");
+    assert_eq!(app.executions(), 2);
 }
 
 #[tokio::test]
