@@ -1,0 +1,190 @@
+//! A key reused for a different request (body, path, query, route or a fingerprinted extractor)
+//! gets `422` and the handler does not run; inputs marked `#[idem(skip)]` and non-inputs do not
+//! count.
+
+#![allow(missing_docs)]
+
+mod macro_support;
+
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{Method, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
+use idem::fingerprint::{FingerprintInput, Fingerprinter};
+use idem::idempotent;
+use macro_support::{Probe, app, request, send};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Deserialize, Serialize)]
+struct Options {
+    #[serde(default)]
+    capture: bool,
+}
+
+/// The `X-Customer` header: a client input the fingerprint must cover.
+struct Customer(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Customer {
+    type Rejection = StatusCode;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, StatusCode> {
+        let value = parts
+            .headers
+            .get("x-customer")
+            .ok_or(StatusCode::BAD_REQUEST)?;
+        Ok(Customer(
+            value
+                .to_str()
+                .map_err(|_| StatusCode::BAD_REQUEST)?
+                .to_owned(),
+        ))
+    }
+}
+
+impl FingerprintInput for Customer {
+    fn fingerprint(&self, fp: &mut Fingerprinter) {
+        fp.bytes(self.0.as_bytes());
+    }
+}
+
+/// A trace id: read from the request, but deliberately not part of the fingerprint.
+struct TraceId(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for TraceId {
+    type Rejection = StatusCode;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, StatusCode> {
+        let value = parts
+            .headers
+            .get("x-trace")
+            .map(|v| v.to_str().unwrap_or_default());
+        Ok(TraceId(value.unwrap_or_default().to_owned()))
+    }
+}
+
+#[idempotent(post)]
+async fn charge(
+    State(probe): State<Probe>,
+    Path(account): Path<String>,
+    Query(options): Query<Options>,
+    Customer(customer): Customer,
+    #[idem(skip)] TraceId(trace): TraceId,
+    Json(body): Json<Value>,
+) -> String {
+    let run = probe.run();
+    format!(
+        "{run} {account} {} {customer} {trace} {body}",
+        options.capture
+    )
+}
+
+fn router(probe: &Probe) -> Router {
+    app(
+        Router::new()
+            .route("/accounts/{account}/charges", post(charge))
+            .route("/accounts/{account}/refunds", post(charge)),
+        probe,
+    )
+}
+
+fn charge_request(
+    uri: &str,
+    customer: &str,
+    trace: &str,
+    body: &str,
+) -> axum::http::Request<axum::body::Body> {
+    request(
+        Method::POST,
+        uri,
+        &[
+            ("idempotency-key", "k"),
+            ("x-customer", customer),
+            ("x-trace", trace),
+        ],
+        body,
+    )
+}
+
+#[tokio::test]
+async fn each_input_is_part_of_the_fingerprint() {
+    let probe = Probe::default();
+    let app = router(&probe);
+    let first = send(
+        &app,
+        charge_request("/accounts/a1/charges", "c1", "t1", r#"{"amount":1}"#),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::OK);
+
+    for (what, uri, customer, body) in [
+        ("body", "/accounts/a1/charges", "c1", r#"{"amount":2}"#),
+        ("path", "/accounts/a2/charges", "c1", r#"{"amount":1}"#),
+        (
+            "query",
+            "/accounts/a1/charges?capture=true",
+            "c1",
+            r#"{"amount":1}"#,
+        ),
+        ("route", "/accounts/a1/refunds", "c1", r#"{"amount":1}"#),
+        (
+            "custom extractor",
+            "/accounts/a1/charges",
+            "c2",
+            r#"{"amount":1}"#,
+        ),
+    ] {
+        let answer = send(&app, charge_request(uri, customer, "t1", body)).await;
+        assert_eq!(
+            answer.status, 422,
+            "a different {what} must not be replayed"
+        );
+        answer.assert_problem(422, "key-reused");
+    }
+    assert_eq!(probe.runs(), 1, "no mismatching request ran the handler");
+}
+
+#[tokio::test]
+async fn skipped_inputs_and_json_member_order_do_not_count() {
+    let probe = Probe::default();
+    let app = router(&probe);
+    let body = r#"{"amount":1,"currency":"eur"}"#;
+    let first = send(
+        &app,
+        charge_request("/accounts/a1/charges", "c1", "t1", body),
+    )
+    .await;
+
+    let reordered = r#"{ "currency": "eur", "amount": 1 }"#;
+    let retry = send(
+        &app,
+        charge_request("/accounts/a1/charges", "c1", "t2", reordered),
+    )
+    .await;
+    assert!(
+        retry.is_replay(),
+        "status {}: {}",
+        retry.status,
+        retry.text()
+    );
+    assert_eq!(
+        retry.body, first.body,
+        "the first answer, with the first trace id"
+    );
+    assert_eq!(probe.runs(), 1);
+}
+
+#[tokio::test]
+async fn a_mismatch_is_not_stored() {
+    let probe = Probe::default();
+    let app = router(&probe);
+    let first = send(&app, charge_request("/accounts/a1/charges", "c1", "t", "1")).await;
+    assert_eq!(first.status, StatusCode::OK);
+    send(&app, charge_request("/accounts/a1/charges", "c1", "t", "2"))
+        .await
+        .assert_problem(422, "key-reused");
+    let retry = send(&app, charge_request("/accounts/a1/charges", "c1", "t", "1")).await;
+    assert!(retry.is_replay());
+    assert_eq!(retry.body, first.body);
+}
