@@ -1,0 +1,150 @@
+//! Races: many keys, each sent by many concurrent duplicates at random moments, under both
+//! conflict policies — against one server on the memory store and, with the `redis` feature,
+//! against two servers sharing one Redis. Exactly one execution per key, and every duplicate
+//! ends with the same answer.
+//!
+//! `IDEM_SOAK=1` runs ten times as many keys.
+
+#![allow(missing_docs)]
+
+mod faults;
+
+#[cfg(feature = "redis")]
+#[path = "../idem-runtime/tests/support/redis_server.rs"]
+mod redis_server;
+
+use std::sync::Arc;
+
+use faults::{
+    Attempts, Definitive, Dice, Served, app, assert_each_charged_once, bounded, charge,
+    charges_by_amount, client, payments_router, retry_until_definitive, seed, size,
+};
+use futures_util::future::join_all;
+use idem::config::{ConflictPolicy, Idempotency};
+use idem::store::{IdempotencyStore, MemoryStore};
+
+/// Concurrent duplicates of each key.
+const DUPLICATES: usize = 8;
+
+/// Sends every key `DUPLICATES` times at once, spread over `servers`, each duplicate after a
+/// random pause; returns the answers of each key's duplicates.
+async fn race(
+    servers: &[&Served],
+    payments: &app::Payments,
+    keys: usize,
+    dice: &Dice,
+) -> Vec<Vec<Definitive>> {
+    let client = client();
+    let bodies: Vec<_> = (0..keys).map(|op| charge(op, dice.below(31))).collect();
+    let sends = (0..keys).flat_map(|op| (0..DUPLICATES).map(move |dup| (op, dup)));
+    let plans: Vec<_> = sends.map(|(op, dup)| (op, dup, dice.millis(30))).collect();
+    let answers = join_all(plans.into_iter().map(|(op, dup, pause)| {
+        let (client, body) = (&client, &bodies[op]);
+        let url = servers[(op + dup) % servers.len()].url("/charges");
+        async move {
+            tokio::time::sleep(pause).await;
+            let (answer, attempts): (Definitive, Attempts) =
+                retry_until_definitive(client, &url, &format!("race-{op}"), body, dice).await;
+            (op, answer, attempts)
+        }
+    }))
+    .await;
+
+    let mut by_key: Vec<Vec<Definitive>> = vec![Vec::new(); keys];
+    let mut attempts = Attempts::default();
+    for (op, answer, a) in answers {
+        by_key[op].push(answer);
+        attempts += a;
+    }
+    assert_eq!(payments.executions(), keys as u64, "handler executions");
+    for (op, answers) in by_key.iter().enumerate() {
+        let first = &answers[0];
+        for answer in answers {
+            assert_eq!(
+                (answer.status, &answer.body),
+                (first.status, &first.body),
+                "key race-{op}: duplicates got different answers"
+            );
+        }
+        let originals = answers.iter().filter(|a| !a.replayed).count();
+        assert_eq!(originals, 1, "key race-{op}: {originals} original answers");
+    }
+    eprintln!(
+        "races: {} servers, {keys} keys x {DUPLICATES} duplicates = {} requests, {} attempts, \
+         {} 409s, {} executions",
+        servers.len(),
+        keys * DUPLICATES,
+        attempts.total,
+        attempts.conflicts,
+        payments.executions()
+    );
+    by_key
+}
+
+async fn memory_race(conflict: ConflictPolicy) {
+    let dice = Dice::new(seed());
+    let payments = app::Payments::default();
+    let store: Arc<dyn IdempotencyStore> = Arc::new(MemoryStore::default());
+    let idempotency = Idempotency::builder()
+        .shared_store(store)
+        .conflict(conflict)
+        .build()
+        .expect("valid settings");
+    let server = Served::start(payments_router(&payments, idempotency)).await;
+    let keys = size(40, 400);
+    let by_key = race(&[&server], &payments, keys, &dice).await;
+    let firsts: Vec<Definitive> = by_key.into_iter().map(|a| a[0].clone()).collect();
+    assert_each_charged_once(&charges_by_amount(&client(), &server).await, &firsts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn races_on_the_memory_store_409_policy_run_each_key_once() {
+    bounded(memory_race(ConflictPolicy::Reject)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn races_on_the_memory_store_wait_policy_run_each_key_once() {
+    bounded(memory_race(ConflictPolicy::Wait)).await;
+}
+
+#[cfg(feature = "redis")]
+async fn redis_race(conflict: ConflictPolicy) {
+    let Some(target) = redis_server::RedisTarget::get() else {
+        return;
+    };
+    let dice = Dice::new(seed());
+    // One ledger behind two instances, each with its own connection to the shared Redis.
+    let payments = app::Payments::default();
+    let prefix = redis_server::unique_prefix();
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let store = target
+            .builder()
+            .prefix(prefix.clone())
+            .build()
+            .await
+            .expect("connects to the test Redis");
+        let idempotency = Idempotency::builder()
+            .store(store)
+            .conflict(conflict)
+            .build()
+            .expect("valid settings");
+        servers.push(Served::start(payments_router(&payments, idempotency)).await);
+    }
+    let keys = size(30, 300);
+    let by_key = race(&[&servers[0], &servers[1]], &payments, keys, &dice).await;
+    let firsts: Vec<Definitive> = by_key.into_iter().map(|a| a[0].clone()).collect();
+    assert_each_charged_once(&charges_by_amount(&client(), &servers[0]).await, &firsts);
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn races_across_two_instances_on_redis_409_policy_run_each_key_once() {
+    bounded(redis_race(ConflictPolicy::Reject)).await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn races_across_two_instances_on_redis_wait_policy_run_each_key_once() {
+    bounded(redis_race(ConflictPolicy::Wait)).await;
+}
