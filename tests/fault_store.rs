@@ -9,7 +9,12 @@
 
 mod faults;
 
+#[cfg(feature = "redis")]
+#[path = "../idem-runtime/tests/support/redis_server.rs"]
+mod redis_server;
+
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use faults::store::{FaultyStore, Operation};
@@ -30,10 +35,12 @@ const STORE_TIMEOUT: Duration = Duration::from_millis(100);
 /// A claim whose answer was lost blocks its key this long.
 const LEASE: Duration = Duration::from_millis(800);
 
+/// Runs `ops` operations against `server`, counting finished ones in `done`.
 async fn run_ops(
     server: &Served,
     ops: usize,
     dice: &Dice,
+    done: &AtomicUsize,
 ) -> (Vec<serde_json::Value>, Vec<Definitive>, Attempts) {
     let client = client();
     let url = server.url("/charges");
@@ -41,7 +48,12 @@ async fn run_ops(
     let results: Vec<(Definitive, Attempts)> = stream::iter(0..ops)
         .map(|op| {
             let (client, url, body) = (&client, &url, &bodies[op]);
-            async move { retry_until_definitive(client, url, &format!("op-{op}"), body, dice).await }
+            async move {
+                let result =
+                    retry_until_definitive(client, url, &format!("op-{op}"), body, dice).await;
+                done.fetch_add(1, Ordering::SeqCst);
+                result
+            }
         })
         .buffered(CONCURRENCY)
         .collect()
@@ -103,7 +115,7 @@ async fn faulty_store_run(conflict: ConflictPolicy, ops: usize) {
     let server = Served::start(payments_router(&payments, idempotency)).await;
 
     store.set_active(true);
-    let (bodies, answers, attempts) = run_ops(&server, ops, &dice).await;
+    let (bodies, answers, attempts) = run_ops(&server, ops, &dice, &AtomicUsize::new(0)).await;
     store.set_active(false);
 
     // A handler never ran without a fresh claim for its key.
@@ -151,4 +163,69 @@ async fn store_faults_409_policy_fail_closed_and_leave_nothing_stuck() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_faults_wait_policy_fail_closed_and_leave_nothing_stuck() {
     bounded(faulty_store_run(ConflictPolicy::Wait, size(120, 1200))).await;
+}
+
+/// Redis is killed (SIGKILL) when a third of the operations are done and started again, empty,
+/// a moment later. Requests during the outage answer 503 and run nothing; the run recovers, and
+/// every operation — each seen through by a client that never loses an answer — ran once.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted_mid_run_fails_closed_and_recovers() {
+    bounded(async {
+        let Some(mut redis) = redis_server::RedisServer::start() else {
+            return;
+        };
+        let dice = Dice::new(seed());
+        let store = idem::store::RedisStore::builder()
+            .url(redis.url())
+            .prefix(redis_server::unique_prefix())
+            .connect_timeout(Duration::from_millis(200))
+            .response_timeout(Duration::from_millis(200))
+            .build()
+            .await
+            .expect("connects to the test Redis");
+        let payments = app::Payments::default();
+        let idempotency = Idempotency::builder()
+            .store(store)
+            .store_timeout(Duration::from_millis(300))
+            .lease(LEASE)
+            .build()
+            .expect("valid settings");
+        let server = Served::start(payments_router(&payments, idempotency)).await;
+        let ops = size(150, 1500);
+        let done = Arc::new(AtomicUsize::new(0));
+
+        let outage = {
+            let done = Arc::clone(&done);
+            tokio::spawn(async move {
+                while done.load(Ordering::SeqCst) < ops / 3 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                tokio::task::spawn_blocking(move || {
+                    redis.stop();
+                    std::thread::sleep(Duration::from_millis(300));
+                    redis.restart();
+                    redis
+                })
+                .await
+                .expect("redis restarted")
+            })
+        };
+        let (_, answers, attempts) = run_ops(&server, ops, &dice, &done).await;
+        // Keep the server alive until the end of the test.
+        let _redis = outage.await.expect("outage task");
+
+        assert_eq!(payments.executions(), ops as u64, "handler executions");
+        assert_each_charged_once(&charges_by_amount(&client(), &server).await, &answers);
+        eprintln!(
+            "redis kill and restart: {ops} operations, {} attempts, {} answered 503 during the \
+             outage, {} 409s, {} executions",
+            attempts.total,
+            attempts.unavailable,
+            attempts.conflicts,
+            payments.executions()
+        );
+        assert!(attempts.unavailable > 0, "the outage was never seen");
+    })
+    .await;
 }

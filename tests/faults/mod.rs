@@ -231,10 +231,7 @@ pub async fn charges_by_amount(client: &Client, base: &Served) -> HashMap<u64, V
 
 /// Asserts that each of `ops` operations charged exactly once and that its definitive answer is
 /// that charge.
-pub fn assert_each_charged_once(
-    by_amount: &HashMap<u64, Vec<String>>,
-    answers: &[Definitive],
-) {
+pub fn assert_each_charged_once(by_amount: &HashMap<u64, Vec<String>>, answers: &[Definitive]) {
     assert_eq!(
         by_amount.len(),
         answers.len(),
@@ -245,7 +242,11 @@ pub fn assert_each_charged_once(
             .get(&amount(op))
             .unwrap_or_else(|| panic!("operation {op} never charged"));
         assert_eq!(ids.len(), 1, "operation {op} charged {} times", ids.len());
-        assert_eq!(answer.status, StatusCode::CREATED, "operation {op}: {answer:?}");
+        assert_eq!(
+            answer.status,
+            StatusCode::CREATED,
+            "operation {op}: {answer:?}"
+        );
         let body: Value = serde_json::from_str(&answer.body).expect("a charge");
         assert_eq!(body["id"], ids[0].as_str(), "operation {op}");
         assert_eq!(body["amount"], amount(op));

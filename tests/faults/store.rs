@@ -13,9 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use idem::fingerprint::Fingerprint;
 use idem::replay::StoredResponse;
-use idem::store::{
-    Claim, ClaimToken, Completion, IdempotencyStore, Record, StoreError, StoreKey,
-};
+use idem::store::{Claim, ClaimToken, Completion, IdempotencyStore, Record, StoreError, StoreKey};
 
 use super::Dice;
 
@@ -174,10 +172,7 @@ impl IdempotencyStore for FaultyStore {
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         let claim = self
-            .with_fault(
-                Operation::Claim,
-                self.inner.claim(key, fingerprint, lease),
-            )
+            .with_fault(Operation::Claim, self.inner.claim(key, fingerprint, lease))
             .await?;
         if let Claim::Fresh(_) = claim {
             *self
