@@ -156,14 +156,14 @@ impl Args {
                 continue;
             }
             seen.push(name.clone());
-            args.apply(&name, item, cx);
+            args.apply(&name, &item, cx);
         }
         args
     }
 
-    fn apply(&mut self, name: &str, item: Item, cx: &mut Ctxt) {
+    fn apply(&mut self, name: &str, item: &Item, cx: &mut Ctxt) {
         if let Some(method) = HttpMethod::from_name(name) {
-            if flag(&item, cx) {
+            if flag(item, cx) {
                 if method.is_supported() && name != method.option_name() {
                     cx.error_spanned_by(
                         &item.name,
@@ -179,17 +179,17 @@ impl Args {
             return;
         }
         match name {
-            "ttl" => self.ttl = duration(&item, cx),
-            "lease" => self.lease = duration(&item, cx),
-            "wait_timeout" => self.wait_timeout = duration(&item, cx),
-            "max_key_len" => self.max_key_len = integer(&item, cx, "64"),
-            "max_body_bytes" => self.max_body_bytes = integer(&item, cx, "65_536"),
-            "required" => self.required = flag(&item, cx),
-            "header" => self.header = header(&item, cx),
-            "store_server_errors" => self.store_server_errors = boolean(&item, cx),
-            "conflict" => self.conflict = conflict(&item, cx),
-            "scope" => self.scope = scope(&item, cx),
-            "crate" => self.krate = krate(&item, cx),
+            "ttl" => self.ttl = duration(item, cx),
+            "lease" => self.lease = duration(item, cx),
+            "wait_timeout" => self.wait_timeout = duration(item, cx),
+            "max_key_len" => self.max_key_len = integer(item, cx, "64"),
+            "max_body_bytes" => self.max_body_bytes = integer(item, cx, "65_536"),
+            "required" => self.required = flag(item, cx),
+            "header" => self.header = header(item, cx),
+            "store_server_errors" => self.store_server_errors = boolean(item, cx),
+            "conflict" => self.conflict = conflict(item, cx),
+            "scope" => self.scope = scope(item, cx),
+            "crate" => self.krate = krate(item, cx),
             _ => cx.error_spanned_by(
                 &item.name,
                 format!("unknown option `{name}`; expected {OPTIONS}"),
@@ -332,14 +332,15 @@ fn header(item: &Item, cx: &mut Ctxt) -> Option<String> {
 
 fn conflict(item: &Item, cx: &mut Ctxt) -> Option<Conflict> {
     let expr = assigned(item, cx, "wait")?;
-    if let Expr::Path(path) = expr {
-        if path.attrs.is_empty() && path.qself.is_none() {
-            if path.path.is_ident("reject") {
-                return Some(Conflict::Reject);
-            }
-            if path.path.is_ident("wait") {
-                return Some(Conflict::Wait);
-            }
+    if let Expr::Path(path) = expr
+        && path.attrs.is_empty()
+        && path.qself.is_none()
+    {
+        if path.path.is_ident("reject") {
+            return Some(Conflict::Reject);
+        }
+        if path.path.is_ident("wait") {
+            return Some(Conflict::Wait);
         }
     }
     cx.error_spanned_by(expr, "`conflict` is `reject` or `wait`, without quotes");
@@ -365,10 +366,10 @@ fn scope(item: &Item, cx: &mut Ctxt) -> Option<syn::Path> {
 
 fn krate(item: &Item, cx: &mut Ctxt) -> Option<syn::Path> {
     let expr = assigned(item, cx, "\"::idem\"")?;
-    if let Some(Lit::Str(lit)) = literal(expr) {
-        if let Ok(path) = lit.parse::<syn::Path>() {
-            return Some(path);
-        }
+    if let Some(Lit::Str(lit)) = literal(expr)
+        && let Ok(path) = lit.parse::<syn::Path>()
+    {
+        return Some(path);
     }
     cx.error_spanned_by(
         expr,

@@ -179,10 +179,10 @@ fn duration(value: Duration, private: &TokenStream) -> TokenStream {
     if nanos == 0 {
         return quote!(#private::Duration::from_secs(#secs));
     }
-    if nanos % 1_000_000 == 0 {
-        if let Ok(millis) = u64::try_from(value.as_millis()) {
-            return quote!(#private::Duration::from_millis(#millis));
-        }
+    if nanos.is_multiple_of(1_000_000)
+        && let Ok(millis) = u64::try_from(value.as_millis())
+    {
+        return quote!(#private::Duration::from_millis(#millis));
     }
     quote!(#private::Duration::new(#secs, #nanos))
 }

@@ -170,22 +170,20 @@ fn route_methods(attr: &Attribute) -> Vec<(HttpMethod, Span)> {
                     TokenTree::Punct(eq),
                     TokenTree::Literal(value),
                 ] = item.as_slice()
+                    && key == "method"
+                    && eq.as_char() == '='
+                    && let Some(method) = HttpMethod::from_name(value.to_string().trim_matches('"'))
                 {
-                    if key == "method" && eq.as_char() == '=' {
-                        let text = value.to_string();
-                        if let Some(method) = HttpMethod::from_name(text.trim_matches('"')) {
-                            methods.push((method, value.span()));
-                        }
-                    }
+                    methods.push((method, value.span()));
                 }
             }
         }
         // `#[get("/x")]`, `#[actix_web::post("/x")]`
         _ => {
-            if let Some(method) = HttpMethod::from_name(&name) {
-                if name == method.option_name() {
-                    methods.push((method, last.ident.span()));
-                }
+            if let Some(method) = HttpMethod::from_name(&name)
+                && name == method.option_name()
+            {
+                methods.push((method, last.ident.span()));
             }
         }
     }
@@ -226,13 +224,13 @@ fn check_ranges(args: &Args, cx: &mut Ctxt) {
         }
     }
     for (name, duration) in [("ttl", &args.ttl), ("lease", &args.lease)] {
-        if let Some(duration) = duration {
-            if duration.value.is_zero() {
-                cx.syn_error(syn::Error::new(
-                    duration.span,
-                    format!("`{name}` must be longer than zero, e.g. `{name} = \"10m\"`"),
-                ));
-            }
+        if let Some(duration) = duration
+            && duration.value.is_zero()
+        {
+            cx.syn_error(syn::Error::new(
+                duration.span,
+                format!("`{name}` must be longer than zero, e.g. `{name} = \"10m\"`"),
+            ));
         }
     }
 }
