@@ -115,7 +115,7 @@ proptest! {
         prop_assert_eq!(&first_headers, &headers);
         prop_assert_eq!(&first_body[..], &body[..]);
 
-        let mut expected = headers.clone();
+        let mut expected = headers;
         for name in NOT_REPLAYED {
             expected.remove(name);
         }
@@ -167,7 +167,7 @@ proptest! {
         let cut = cut.index(encoded.len());
         prop_assert!(StoredResponse::decode(&encoded[..cut]).is_err());
         // Overwritten bytes give an error or some record, never a panic.
-        let mut damaged = encoded.clone();
+        let mut damaged = encoded;
         for (at, byte) in flips {
             let at = at.index(damaged.len());
             damaged[at] = byte;
