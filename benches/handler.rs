@@ -1,0 +1,368 @@
+//! What an idempotent handler costs, in process, through the router.
+//!
+//! The same trivial JSON handler is mounted twice: as a plain axum handler, and with idempotency.
+//! Each request goes through `Router` with `tower::ServiceExt::oneshot` and its response body is
+//! read to the end. Four ways through:
+//!
+//! - `plain`: the plain handler, on a router without any idempotency;
+//! - `first`: the idempotent handler with a fresh key every request (claim, run, capture, store);
+//! - `replay`: the idempotent handler with the same key every request (the stored answer);
+//! - `no_key`: the idempotent handler without a key (it just runs).
+//!
+//! Request bodies of 100 B, 10 KiB and 1 MiB. After criterion's own report, the bench measures
+//! the four side by side — interleaved rounds, so that a noisy neighbour slows all of them alike —
+//! and prints each one's time and CPU time as a ratio of `plain`'s (see `BENCHMARKS.md`).
+//!
+//! `cargo bench --bench handler`.
+
+// A benchmark's report is its output.
+#![allow(clippy::print_stdout, missing_docs)]
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::routing::post;
+use axum::{Extension, Json, Router};
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, Throughput};
+use http::{HeaderValue, Request, StatusCode};
+use http_body_util::BodyExt;
+use idem::config::Idempotency;
+use serde::{Deserialize, Serialize};
+use tokio::runtime::Runtime;
+use tower::ServiceExt;
+
+/// A charge with line items: the request body, grown to the size under test.
+#[derive(Serialize, Deserialize)]
+struct NewCharge {
+    amount: u64,
+    currency: String,
+    customer: String,
+    description: String,
+    items: Vec<Item>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Item {
+    sku: String,
+    quantity: u32,
+    unit_price: u64,
+}
+
+#[derive(Serialize)]
+struct Receipt {
+    id: &'static str,
+    amount: u64,
+    items: usize,
+}
+
+/// A JSON body of exactly `size` bytes: line items up to the size, the description pads the rest.
+fn body(size: usize) -> Bytes {
+    let mut charge = NewCharge {
+        amount: 1999,
+        currency: "eur".into(),
+        customer: "cus_4fQx9Lb2".into(),
+        description: String::new(),
+        items: Vec::new(),
+    };
+    let len = |charge: &NewCharge| serde_json::to_vec(charge).expect("serializable").len();
+    loop {
+        charge.items.push(Item {
+            sku: format!("sku-{:06}", charge.items.len()),
+            quantity: 1 + (charge.items.len() % 7) as u32,
+            unit_price: 100 + charge.items.len() as u64 * 13,
+        });
+        if len(&charge) > size {
+            charge.items.pop();
+            break;
+        }
+    }
+    let pad = size - len(&charge);
+    charge.description = "x".repeat(pad);
+    let bytes = serde_json::to_vec(&charge).expect("serializable");
+    assert_eq!(bytes.len(), size);
+    Bytes::from(bytes)
+}
+
+/// The trivial handler: reads the charge, answers a small receipt.
+async fn charge(Json(request): Json<NewCharge>) -> Json<Receipt> {
+    Json(Receipt {
+        id: "ch_1",
+        amount: request.amount,
+        items: request.items.len(),
+    })
+}
+
+/// The same handler with idempotency.
+#[idem::idempotent(post)]
+async fn idempotent_charge(body: Json<NewCharge>) -> Json<Receipt> {
+    charge(body).await
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Way {
+    Plain,
+    First,
+    Replay,
+    NoKey,
+}
+
+impl Way {
+    const ALL: [Way; 4] = [Way::Plain, Way::First, Way::Replay, Way::NoKey];
+
+    fn name(self) -> &'static str {
+        match self {
+            Way::Plain => "plain",
+            Way::First => "first",
+            Way::Replay => "replay",
+            Way::NoKey => "no_key",
+        }
+    }
+}
+
+/// Everything one body size needs: both routers and the body.
+#[derive(Clone)]
+struct Bench {
+    plain: Router,
+    idempotent: Router,
+    body: Bytes,
+    next_key: Arc<AtomicU64>,
+}
+
+impl Bench {
+    fn new(size: usize) -> Self {
+        let idempotency = Idempotency::builder().build().expect("defaults are valid");
+        Self {
+            plain: Router::new().route("/charges", post(charge)),
+            idempotent: Router::new()
+                .route("/charges", post(idempotent_charge))
+                .layer(Extension(idempotency)),
+            body: body(size),
+            next_key: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn request(&self, key: Option<HeaderValue>) -> Request<Body> {
+        let mut request = Request::post("/charges")
+            .header("content-type", "application/json")
+            .body(Body::from(self.body.clone()))
+            .expect("valid request");
+        if let Some(key) = key {
+            request.headers_mut().insert("idempotency-key", key);
+        }
+        request
+    }
+
+    /// One request the given way; returns the response's status and whether it was a replay.
+    async fn once(&self, way: Way) -> (StatusCode, bool) {
+        let (router, key) = match way {
+            Way::Plain => (&self.plain, None),
+            Way::NoKey => (&self.idempotent, None),
+            Way::Replay => (&self.idempotent, Some(HeaderValue::from_static("replayed"))),
+            Way::First => {
+                let n = self.next_key.fetch_add(1, Ordering::Relaxed);
+                let key = HeaderValue::from_str(&format!("key-{n}")).expect("ascii");
+                (&self.idempotent, Some(key))
+            }
+        };
+        let response = router
+            .clone()
+            .oneshot(self.request(key))
+            .await
+            .expect("infallible");
+        let status = response.status();
+        let replayed = response.headers().contains_key("idempotent-replayed");
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        black_box(body);
+        (status, replayed)
+    }
+
+    /// `iters` requests the given way inside a task of the runtime (as a server would run them);
+    /// the wall time they took.
+    fn run(&self, runtime: &Runtime, way: Way, iters: u64) -> Duration {
+        let bench = self.clone();
+        runtime
+            .block_on(runtime.spawn(async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(bench.once(way).await);
+                }
+                start.elapsed()
+            }))
+            .expect("bench task")
+    }
+}
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+const SIZES: [(usize, &str); 3] = [(100, "100B"), (10 * 1024, "10KiB"), (1024 * 1024, "1MiB")];
+
+/// Checks that each way does what its name says before anything is timed.
+fn check(runtime: &Runtime, bench: &Bench) {
+    runtime.block_on(async {
+        assert_eq!(bench.once(Way::Plain).await, (StatusCode::OK, false));
+        assert_eq!(bench.once(Way::NoKey).await, (StatusCode::OK, false));
+        assert_eq!(bench.once(Way::First).await, (StatusCode::OK, false));
+        // The first replay request stores the answer; every later one is a replay.
+        bench.once(Way::Replay).await;
+        assert_eq!(bench.once(Way::Replay).await, (StatusCode::OK, true));
+    });
+}
+
+fn criterion_benches(c: &mut Criterion, runtime: &Runtime) {
+    for (size, label) in SIZES {
+        let bench = Bench::new(size);
+        check(runtime, &bench);
+        let mut group = c.benchmark_group(format!("handler/{label}"));
+        group.throughput(Throughput::Bytes(size as u64));
+        if size >= 1024 * 1024 {
+            group.sample_size(10);
+        }
+        for way in Way::ALL {
+            group.bench_function(BenchmarkId::from_parameter(way.name()), |b| {
+                b.iter_custom(|iters| bench.run(runtime, way, iters));
+            });
+        }
+        group.finish();
+    }
+}
+
+/// This process's CPU time so far (user + system), from `/proc/self/stat`.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name; Linux counts
+    // them in USER_HZ = 100 ticks per second.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// Interleaved rounds of each way; prints median time per request and total CPU per request,
+/// each also as a ratio of the plain handler's.
+fn side_by_side(runtime: &Runtime, quick: bool) {
+    println!("\nside by side (interleaved rounds; ratio = way / plain)");
+    println!(
+        "{:<6} {:<7} {:>12} {:>7} {:>9} {:>12} {:>7}",
+        "body", "way", "median/req", "ratio", "range", "cpu/req", "ratio"
+    );
+    for (size, label) in SIZES {
+        let bench = Bench::new(size);
+        check(runtime, &bench);
+        // Calibrate: about 40 ms of plain requests per round.
+        let probe = bench.run(runtime, Way::Plain, 20);
+        let per_request = probe.as_secs_f64() / 20.0;
+        let iters = if quick {
+            2
+        } else {
+            ((0.04 / per_request) as u64).clamp(3, 200_000)
+        };
+        let rounds = if quick { 1 } else { 21 };
+        let mut times: Vec<Vec<f64>> = vec![Vec::new(); Way::ALL.len()];
+        let mut cpu = vec![Duration::ZERO; Way::ALL.len()];
+        for round in 0..rounds {
+            for i in 0..Way::ALL.len() {
+                // Rotate the order so that no way always follows another.
+                let w = (i + round) % Way::ALL.len();
+                let before = cpu_time();
+                let elapsed = bench.run(runtime, Way::ALL[w], iters);
+                cpu[w] += cpu_time() - before;
+                times[w].push(elapsed.as_secs_f64() / iters as f64);
+            }
+        }
+        let total = (iters * rounds as u64) as f64;
+        let median = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let plain_cpu = cpu[0].as_secs_f64() / total;
+        for (w, way) in Way::ALL.iter().enumerate() {
+            let ratios: Vec<f64> = times[w].iter().zip(&times[0]).map(|(t, p)| t / p).collect();
+            let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = ratios.iter().copied().fold(0.0, f64::max);
+            let cpu_per = cpu[w].as_secs_f64() / total;
+            println!(
+                "{:<6} {:<7} {:>10.2}µs {:>6.2}x {:>4.2}-{:<4.2} {:>10.2}µs {:>6.2}x",
+                label,
+                way.name(),
+                median(&times[w]) * 1e6,
+                median(&ratios),
+                lo,
+                hi,
+                cpu_per * 1e6,
+                if plain_cpu > 0.0 {
+                    cpu_per / plain_cpu
+                } else {
+                    f64::NAN
+                },
+            );
+        }
+    }
+}
+
+/// `IDEM_BENCH_PROFILE=<way>/<body>` (`first/100B`, say): only that way, for about five seconds,
+/// for a profiler (`perf record`, `valgrind --tool=callgrind`) to watch.
+fn profile(runtime: &Runtime, what: &str) {
+    let (way, label) = what
+        .split_once('/')
+        .expect("IDEM_BENCH_PROFILE=<way>/<body>");
+    let way = *Way::ALL
+        .iter()
+        .find(|w| w.name() == way)
+        .expect("a way: plain, first, replay or no_key");
+    let (size, _) = *SIZES
+        .iter()
+        .find(|(_, l)| *l == label)
+        .expect("a body: 100B, 10KiB or 1MiB");
+    let bench = Bench::new(size);
+    check(runtime, &bench);
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut requests = 0;
+    while Instant::now() < until {
+        bench.run(runtime, way, 1000);
+        requests += 1000;
+    }
+    println!("{requests} requests {what}");
+}
+
+fn main() {
+    let runtime = runtime();
+    if let Ok(what) = std::env::var("IDEM_BENCH_PROFILE") {
+        return profile(&runtime, &what);
+    }
+    // `cargo bench` passes `--bench`; `cargo test --benches` does not, and gets one quick pass.
+    let benching = std::env::args().any(|arg| arg == "--bench");
+    let mut criterion = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20)
+        .configure_from_args();
+    if std::env::var_os("IDEM_BENCH_RATIOS_ONLY").is_none() {
+        criterion_benches(&mut criterion, &runtime);
+        criterion.final_summary();
+    }
+    side_by_side(&runtime, !benching);
+}

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Load test of the payments example over real HTTP on loopback: requests per second, p99 latency
+# and server CPU time per request for POST /charges without a key (plain), with a fresh key on
+# every request (first execution) and with one key over and over (replay).
+#
+#   scripts/load.sh                  # 3 rounds of 10 s per mode
+#   ROUNDS=5 DURATION=20s CONNECTIONS=32 scripts/load.sh
+#
+# Needs wrk and taskset. The server is pinned to CPU 0 (SERVER_CPU) and the single wrk thread to
+# CPU 1 (CLIENT_CPU). The modes run interleaved, round after round, so that a noisy neighbour slows
+# all of them alike; each figure is the median over the rounds. Server CPU time is the change of
+# utime + stime in /proc/<pid>/stat over a run, divided by the requests it served: with one load
+# thread the plain server waits on its client, so requests per second alone understate the cost.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-16}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+PORT=${PORT:-3917}
+MODES=(plain first replay)
+
+for tool in wrk taskset; do
+    command -v "$tool" >/dev/null || { echo "load.sh needs $tool" >&2; exit 1; }
+done
+
+cargo build --release --example payments >&2
+target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+server_bin="$target_dir/release/examples/payments"
+
+log=$(mktemp)
+PAYMENTS_ADDR="127.0.0.1:$PORT" taskset -c "$SERVER_CPU" "$server_bin" >"$log" 2>&1 &
+server=$!
+trap 'kill "$server" 2>/dev/null || true; rm -f "$log"' EXIT
+for _ in $(seq 100); do
+    grep -q listening "$log" && break
+    sleep 0.1
+done
+grep -q listening "$log" || { echo "the server did not start:" >&2; cat "$log" >&2; exit 1; }
+
+# Server CPU time so far, in clock ticks (USER_HZ, 100 per second on Linux).
+cpu_ticks() {
+    # Fields 14 and 15 of the stat line; the command name (field 2) has no spaces here.
+    awk '{ print $14 + $15 }' "/proc/$server/stat"
+}
+
+clock_hz=$(getconf CLK_TCK)
+declare -A rps p99 cpu
+for round in $(seq "$ROUNDS"); do
+    for mode in "${MODES[@]}"; do
+        run="$$-$round-$mode"
+        if [ "$mode" = replay ]; then
+            # Store the answer once, so that every timed request is a replay.
+            curl -fsS -o /dev/null -X POST "http://127.0.0.1:$PORT/charges" \
+                -H 'Content-Type: application/json' -H "Idempotency-Key: load-$run-replayed" \
+                -d '{"amount":1999,"currency":"eur"}' 2>/dev/null || true
+        fi
+        before=$(cpu_ticks)
+        out=$(taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency \
+            -s scripts/load.lua "http://127.0.0.1:$PORT" -- "$mode" "$run")
+        after=$(cpu_ticks)
+        if grep -q 'Non-2xx' <<<"$out"; then
+            echo "$mode: some answers were not 2xx:" >&2
+            echo "$out" >&2
+            exit 1
+        fi
+        requests=$(awk '/requests in/ { print $1 }' <<<"$out")
+        r=$(awk '/Requests\/sec/ { print $2 }' <<<"$out")
+        p=$(awk '$1 == "99%" { v = $2; if (v ~ /ms$/) { sub(/ms/, "", v); v *= 1000 } else if (v ~ /us$/) { sub(/us/, "", v) } else if (v ~ /s$/) { sub(/s/, "", v); v *= 1000000 } print v }' <<<"$out")
+        c=$(awk -v t=$((after - before)) -v n="$requests" -v hz="$clock_hz" 'BEGIN { printf "%.2f", t / hz / n * 1e6 }')
+        rps[$mode]+="$r "
+        p99[$mode]+="$p "
+        cpu[$mode]+="$c "
+        printf 'round %d %-6s %10s req/s  p99 %8s µs  server CPU %6s µs/req\n' "$round" "$mode" "$r" "$p" "$c" >&2
+    done
+done
+
+median() {
+    tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
+}
+
+echo
+echo "POST /charges over loopback, wrk -t1 -c$CONNECTIONS -d$DURATION, median of $ROUNDS rounds"
+printf '%-7s %12s %8s %10s %8s %14s %8s\n' mode 'req/s' ratio 'p99 µs' ratio 'CPU µs/req' ratio
+base_r=$(median <<<"${rps[plain]}")
+base_p=$(median <<<"${p99[plain]}")
+base_c=$(median <<<"${cpu[plain]}")
+for mode in "${MODES[@]}"; do
+    r=$(median <<<"${rps[$mode]}")
+    p=$(median <<<"${p99[$mode]}")
+    c=$(median <<<"${cpu[$mode]}")
+    awk -v m="$mode" -v r="$r" -v br="$base_r" -v p="$p" -v bp="$base_p" -v c="$c" -v bc="$base_c" \
+        'BEGIN { printf "%-7s %12.0f %7.2fx %10.0f %7.2fx %14.2f %7.2fx\n", m, r, r / br, p, p / bp, c, c / bc }'
+done
