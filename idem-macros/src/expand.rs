@@ -81,11 +81,19 @@ fn expand(handler: &Handler, args: &Args) -> TokenStream {
     let asyncness = &sig.asyncness;
     let fn_token = &sig.fn_token;
 
+    // The options type exists exactly when the handler does.
+    let cfgs: Vec<_> = attrs
+        .iter()
+        .filter(|attr| attr.path().is_ident("cfg"))
+        .collect();
+
     quote! {
+        #(#cfgs)*
         #[doc(hidden)]
-        #[allow(non_camel_case_types)]
+        #[allow(non_camel_case_types, unreachable_pub)]
         #vis struct #options_ty {}
 
+        #(#cfgs)*
         impl #private::HandlerConfig for #options_ty {
             const OPTIONS: #private::HandlerOptions = #private::HandlerOptions {
                 #options
