@@ -117,8 +117,10 @@ return record
 ///
 /// A record whose `v` is not `1`, or whose fields or response bytes do not decode, is never
 /// replayed nor overwritten: the operation fails with a [`StoreError`] and the request is
-/// answered `503` (fail closed). A later release that changes the format will write a new version
-/// and keep reading this one.
+/// answered `503` (fail closed). A record written by a release with another format is thus
+/// refused rather than misread: during a rolling upgrade, an instance that cannot read a key's
+/// record answers `503` for that key instead of replaying something wrong or running the handler
+/// a second time.
 ///
 /// # Failures and timeouts
 ///
