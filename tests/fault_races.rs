@@ -25,6 +25,8 @@ use idem::store::{IdempotencyStore, MemoryStore};
 
 /// Concurrent duplicates of each key.
 const DUPLICATES: usize = 8;
+/// Keys raced at once.
+const WAVE: usize = 40;
 
 /// Sends every key `DUPLICATES` times at once, spread over `servers`, each duplicate after a
 /// random pause; returns the answers of each key's duplicates.
@@ -36,19 +38,29 @@ async fn race(
 ) -> Vec<Vec<Definitive>> {
     let client = client();
     let bodies: Vec<_> = (0..keys).map(|op| charge(op, dice.below(31))).collect();
-    let sends = (0..keys).flat_map(|op| (0..DUPLICATES).map(move |dup| (op, dup)));
-    let plans: Vec<_> = sends.map(|(op, dup)| (op, dup, dice.millis(30))).collect();
-    let answers = join_all(plans.into_iter().map(|(op, dup, pause)| {
-        let (client, body) = (&client, &bodies[op]);
-        let url = servers[(op + dup) % servers.len()].url("/charges");
-        async move {
-            tokio::time::sleep(pause).await;
-            let (answer, attempts): (Definitive, Attempts) =
-                retry_until_definitive(client, &url, &format!("race-{op}"), body, dice).await;
-            (op, answer, attempts)
-        }
-    }))
-    .await;
+    let mut answers = Vec::new();
+    // Waves of at most WAVE keys: a soak run is more waves, not a bigger stampede (a stampede of
+    // thousands of requests on a 2-core machine measures overload, not races).
+    for wave in (0..keys).collect::<Vec<_>>().chunks(WAVE) {
+        let sends = wave
+            .iter()
+            .flat_map(|&op| (0..DUPLICATES).map(move |dup| (op, dup)));
+        let plans: Vec<_> = sends.map(|(op, dup)| (op, dup, dice.millis(30))).collect();
+        answers.extend(
+            join_all(plans.into_iter().map(|(op, dup, pause)| {
+                let (client, body) = (&client, &bodies[op]);
+                let url = servers[(op + dup) % servers.len()].url("/charges");
+                async move {
+                    tokio::time::sleep(pause).await;
+                    let (answer, attempts): (Definitive, Attempts) =
+                        retry_until_definitive(client, &url, &format!("race-{op}"), body, dice)
+                            .await;
+                    (op, answer, attempts)
+                }
+            }))
+            .await,
+        );
+    }
 
     let mut by_key: Vec<Vec<Definitive>> = vec![Vec::new(); keys];
     let mut attempts = Attempts::default();
@@ -71,11 +83,12 @@ async fn race(
     }
     eprintln!(
         "races: {} servers, {keys} keys x {DUPLICATES} duplicates = {} requests, {} attempts, \
-         {} 409s, {} executions",
+         {} 409s, {} 503s, {} executions",
         servers.len(),
         keys * DUPLICATES,
         attempts.total,
         attempts.conflicts,
+        attempts.unavailable,
         payments.executions()
     );
     by_key
