@@ -209,6 +209,15 @@ impl IdempotencyStore for MemoryStore {
         fingerprint: &Fingerprint,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
+        // A live record answers the claim as it is: a plain read is much cheaper than the
+        // per-key computation, and retries (replays, 409s) are what reach this line with a known
+        // key. Should the record go away right after the read, the claim simply counts as having
+        // happened before that.
+        if let Some(slot) = self.cache.get(key).await
+            && slot.is_live()
+        {
+            return Ok(Claim::Existing(slot.record.clone()));
+        }
         let token = ClaimToken::random();
         let result = self
             .cache
