@@ -138,6 +138,48 @@ fn scrambled(value: &serde_json::Value) -> String {
     }
 }
 
+/// Every leaf of `value`, as a path of object keys and array indices.
+fn leaf_paths(value: &serde_json::Value, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, child) in map {
+                path.push(key.clone());
+                leaf_paths(child, path, out);
+                path.pop();
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (index, child) in items.iter().enumerate() {
+                path.push(index.to_string());
+                leaf_paths(child, path, out);
+                path.pop();
+            }
+        }
+        _ => out.push(path.clone()),
+    }
+}
+
+/// `value` with the leaf at `path` replaced by a different value.
+fn change_leaf(value: &mut serde_json::Value, path: &[String], salt: i64) {
+    let mut leaf = value;
+    for step in path {
+        leaf = match leaf {
+            serde_json::Value::Object(map) => map.get_mut(step).unwrap(),
+            serde_json::Value::Array(items) => &mut items[step.parse::<usize>().unwrap()],
+            _ => unreachable!("paths lead through containers"),
+        };
+    }
+    *leaf = match &*leaf {
+        serde_json::Value::Null => serde_json::Value::from(false),
+        serde_json::Value::Bool(b) => serde_json::Value::from(!b),
+        serde_json::Value::Number(n) => {
+            serde_json::Value::from(n.as_i64().unwrap().wrapping_add(salt.max(1)))
+        }
+        serde_json::Value::String(s) => serde_json::Value::from(format!("{s}x")),
+        _ => unreachable!("a leaf"),
+    };
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -171,5 +213,19 @@ proptest! {
         let entry = changed.get_mut(&key).unwrap();
         *entry = entry.wrapping_add(delta);
         prop_assert_ne!(digest(&Json(&map)), digest(&Json(&changed)));
+    }
+
+    #[test]
+    fn a_change_of_any_nested_leaf_changes_the_fingerprint(
+        value in json_value(),
+        pick in any::<prop::sample::Index>(),
+        salt in 1i64..1000,
+    ) {
+        let mut paths = Vec::new();
+        leaf_paths(&value, &mut Vec::new(), &mut paths);
+        prop_assume!(!paths.is_empty());
+        let mut changed = value.clone();
+        change_leaf(&mut changed, &paths[pick.index(paths.len())], salt);
+        prop_assert_ne!(json_digest(&value.to_string()), json_digest(&changed.to_string()));
     }
 }
