@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use faults::store::{FaultyStore, Operation};
+use faults::store::{Fault, FaultyStore, Operation};
 use faults::{
     Attempts, Definitive, Dice, Served, app, assert_each_charged_once, bounded, charge,
     charges_by_amount, client, payments_router, retry_until_definitive, seed, size,
@@ -230,6 +230,63 @@ async fn redis_killed_and_restarted_mid_run_fails_closed_and_recovers() {
             payments.executions()
         );
         assert!(attempts.unavailable > 0, "the outage was never seen");
+    })
+    .await;
+}
+
+/// The limit of fail-closed claims, pinned: a claim the store made but whose answer was lost is
+/// held by nobody. The request answers 503, retries answer 409 until the lease runs out, and then
+/// the operation runs — once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_answer_was_lost_blocks_its_key_for_one_lease_and_never_runs_twice() {
+    bounded(async {
+        let dice = Arc::new(Dice::new(seed()));
+        let memory: Arc<dyn IdempotencyStore> = Arc::new(MemoryStore::default());
+        let store = Arc::new(FaultyStore::new(
+            memory,
+            Arc::clone(&dice),
+            STORE_TIMEOUT * 3,
+        ));
+        store.fault(Operation::Claim, 1.0);
+        store.only(&[Fault::FailAfter]);
+        let payments = app::Payments::default();
+        let idempotency = Idempotency::builder()
+            .shared_store(store.clone())
+            .store_timeout(STORE_TIMEOUT)
+            .lease(Duration::from_millis(300))
+            .build()
+            .expect("valid settings");
+        let server = Served::start(payments_router(&payments, idempotency)).await;
+        let client = client();
+        let send = || {
+            client
+                .post(server.url("/charges"))
+                .header("idempotency-key", "lost-claim")
+                .json(&charge(0, 0))
+                .send()
+        };
+
+        store.set_active(true);
+        assert_eq!(send().await.unwrap().status(), 503);
+        store.set_active(false);
+        assert_eq!(store.fresh_claims("lost-claim"), 0);
+        assert_eq!(
+            send().await.unwrap().status(),
+            409,
+            "the lost claim holds the key"
+        );
+
+        let (answer, _) = retry_until_definitive(
+            &client,
+            &server.url("/charges"),
+            "lost-claim",
+            &charge(0, 0),
+            &dice,
+        )
+        .await;
+        assert_eq!(answer.status, 201);
+        assert!(!answer.replayed);
+        assert_eq!(payments.executions(), 1);
     })
     .await;
 }

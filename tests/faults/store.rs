@@ -53,6 +53,7 @@ pub struct FaultyStore {
     /// Faults are injected only while this is on.
     pub active: AtomicBool,
     rates: Mutex<HashMap<Operation, f64>>,
+    kinds: Mutex<Vec<Fault>>,
     /// How long a stall lasts: longer than the runtime's store timeout.
     stall: Duration,
     injected: Mutex<HashMap<(Operation, Fault), usize>>,
@@ -67,6 +68,7 @@ impl FaultyStore {
             dice,
             active: AtomicBool::new(false),
             rates: Mutex::new(HashMap::new()),
+            kinds: Mutex::new(KINDS.to_vec()),
             stall,
             injected: Mutex::new(HashMap::new()),
             fresh_claims: Mutex::new(HashMap::new()),
@@ -77,6 +79,11 @@ impl FaultyStore {
     /// Faults `operation` with probability `rate` while active.
     pub fn fault(&self, operation: Operation, rate: f64) {
         self.rates.lock().unwrap().insert(operation, rate);
+    }
+
+    /// Injects only these kinds of fault (all four by default).
+    pub fn only(&self, kinds: &[Fault]) {
+        *self.kinds.lock().unwrap() = kinds.to_vec();
     }
 
     pub fn set_active(&self, active: bool) {
@@ -127,7 +134,10 @@ impl FaultyStore {
         if !self.dice.chance(rate) {
             return None;
         }
-        let fault = KINDS[self.dice.below(4) as usize];
+        let fault = {
+            let kinds = self.kinds.lock().unwrap();
+            kinds[self.dice.below(kinds.len() as u64) as usize]
+        };
         *self
             .injected
             .lock()
