@@ -42,7 +42,10 @@ async fn a_flood_of_unique_keys_stays_under_the_byte_bound_and_is_answered() {
             .expect("valid settings");
         let server = Served::start(payments_router(&payments, idempotency)).await;
         // Connections are reused here: the flood is about the store, not the network.
-        let client = reqwest::Client::builder().no_proxy().build().expect("client");
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client");
         let url = server.url("/charges");
         let ops = size(2000, 20_000);
 
