@@ -13,7 +13,9 @@
 //! the four side by side — interleaved rounds, so that a noisy neighbour slows all of them alike —
 //! and prints each one's time and CPU time as a ratio of `plain`'s (see `BENCHMARKS.md`).
 //!
-//! `cargo bench --bench handler`.
+//! `cargo bench --bench handler`. Environment: `IDEM_BENCH_RATIOS_ONLY=1` skips criterion's part,
+//! `IDEM_BENCH_BODIES=100B,10KiB` limits the side-by-side part to those bodies, and
+//! `IDEM_BENCH_PROFILE=first/100B` runs one way alone for five seconds, for a profiler.
 
 // A benchmark's report is its output.
 #![allow(clippy::print_stdout, missing_docs)]
@@ -268,7 +270,11 @@ fn side_by_side(runtime: &Runtime, quick: bool) {
         "{:<6} {:<7} {:>12} {:>7} {:>9} {:>12} {:>7}",
         "body", "way", "median/req", "ratio", "range", "cpu/req", "ratio"
     );
+    let bodies = std::env::var("IDEM_BENCH_BODIES").unwrap_or_default();
     for (size, label) in SIZES {
+        if !bodies.is_empty() && !bodies.split(',').any(|b| b == label) {
+            continue;
+        }
         let bench = Bench::new(size);
         check(runtime, &bench);
         // Calibrate: about 40 ms of plain requests per round.
