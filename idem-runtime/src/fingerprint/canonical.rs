@@ -5,7 +5,7 @@
 //! sequences and structs end with an end tag; maps carry their entry count and their entries sorted
 //! by the encoded key, so the order a map iterates in never changes the encoding. Integers are
 //! encoded by value, not by width, so `1u8` and `1i64` encode alike. Maps are the only values that
-//! are buffered (one entry at a time) before they reach the sink.
+//! are buffered (each map's entries in one buffer) before they reach the sink.
 
 use std::fmt;
 
@@ -228,8 +228,9 @@ impl<'a, S: Sink> ser::Serializer for Encoder<'a, S> {
     fn serialize_map(self, len: Option<usize>) -> Result<MapEncoder<'a, S>, Error> {
         Ok(MapEncoder {
             sink: self.sink,
+            buffer: Vec::new(),
             entries: Vec::with_capacity(len.unwrap_or(0)),
-            pending_key: Vec::new(),
+            key: (0, 0),
         })
     }
     fn serialize_struct(mut self, _name: &'static str, _len: usize) -> Result<Self, Error> {
@@ -333,36 +334,112 @@ impl<S: Sink> ser::SerializeStructVariant for Encoder<'_, S> {
     }
 }
 
-/// Buffers each entry's encoding, then writes the entries sorted by their encoded key.
+/// Buffers the entries' encodings, then writes the entries sorted by their encoded key.
+///
+/// All entries of one map share one buffer, so a map costs one allocation rather than one per
+/// entry; `entries` records where each entry's key and value lie in it.
 pub(crate) struct MapEncoder<'a, S> {
     sink: &'a mut S,
-    /// One buffer per entry: the encoded key followed by the encoded value, and the key's length.
-    entries: Vec<(Vec<u8>, usize)>,
-    pending_key: Vec<u8>,
+    buffer: Vec<u8>,
+    /// Per entry: where its encoded key starts, where the key ends and the value starts, and
+    /// where the value ends.
+    entries: Vec<(usize, usize, usize)>,
+    /// Where the key being written starts and ends.
+    key: (usize, usize),
 }
 
 impl<S: Sink> ser::SerializeMap for MapEncoder<'_, S> {
     type Ok = ();
     type Error = Error;
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Error> {
-        self.pending_key.clear();
-        encode(key, &mut self.pending_key)
+        let start = self.buffer.len();
+        encode(key, &mut self.buffer)?;
+        self.key = (start, self.buffer.len());
+        Ok(())
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        let key_len = self.pending_key.len();
-        let mut entry = std::mem::take(&mut self.pending_key);
-        encode(value, &mut entry)?;
-        self.entries.push((entry, key_len));
+        encode(value, &mut self.buffer)?;
+        let (start, key_end) = self.key;
+        self.entries.push((start, key_end, self.buffer.len()));
         Ok(())
     }
     fn end(mut self) -> Result<(), Error> {
-        self.entries
-            .sort_unstable_by(|(a, a_len), (b, b_len)| a[..*a_len].cmp(&b[..*b_len]));
+        let buffer = &self.buffer;
+        // By key; entries with equal keys (a map serialized from a list of pairs may repeat one)
+        // by their whole encoding, so that not even their order in the input shows.
+        self.entries.sort_unstable_by(|&(a, a_key, a_end), &(b, b_key, b_end)| {
+            buffer[a..a_key]
+                .cmp(&buffer[b..b_key])
+                .then_with(|| buffer[a..a_end].cmp(&buffer[b..b_end]))
+        });
         self.sink.put(&[tag::MAP]);
         self.sink.put(&(self.entries.len() as u64).to_le_bytes());
-        for (entry, _) in &self.entries {
-            self.sink.put(entry);
+        for &(start, _, end) in &self.entries {
+            self.sink.put(&buffer[start..end]);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn encoded<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode(value, &mut out).expect("serializable");
+        out
+    }
+
+    /// A map is its tag, its entry count, then each entry's encoded key and value, sorted by the
+    /// encoded key (a shorter string sorts first: its length prefix is smaller), nested maps alike.
+    #[test]
+    fn map_entries_are_sorted_by_encoded_key() {
+        let mut inner = BTreeMap::new();
+        inner.insert("zz", 1u8);
+        inner.insert("b", 2u8);
+        let mut map = BTreeMap::new();
+        map.insert("aa", BTreeMap::new());
+        map.insert("c", inner.clone());
+
+        let entry = |key: &str, value: &BTreeMap<&str, u8>| {
+            let mut bytes = encoded(key);
+            bytes.extend(encoded(value));
+            bytes
+        };
+        let mut inner_expected = vec![tag::MAP];
+        inner_expected.extend(2u64.to_le_bytes());
+        inner_expected.extend(encoded("b"));
+        inner_expected.extend(encoded(&2u8));
+        inner_expected.extend(encoded("zz"));
+        inner_expected.extend(encoded(&1u8));
+        assert_eq!(encoded(&inner), inner_expected);
+
+        let mut expected = vec![tag::MAP];
+        expected.extend(2u64.to_le_bytes());
+        expected.extend(entry("c", &inner));
+        expected.extend(entry("aa", &BTreeMap::new()));
+        assert_eq!(encoded(&map), expected);
+    }
+
+    /// Repeated keys (a map serialized from a list of pairs) encode alike whatever their order.
+    #[test]
+    fn repeated_keys_do_not_reveal_their_order() {
+        struct Pairs(Vec<(&'static str, u8)>);
+        impl Serialize for Pairs {
+            fn serialize<S: ser::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+            }
+        }
+        assert_eq!(
+            encoded(&Pairs(vec![("k", 1), ("k", 2), ("a", 3)])),
+            encoded(&Pairs(vec![("a", 3), ("k", 2), ("k", 1)])),
+        );
+        assert_ne!(
+            encoded(&Pairs(vec![("k", 1), ("k", 2)])),
+            encoded(&Pairs(vec![("k", 1), ("k", 3)])),
+        );
     }
 }
