@@ -367,11 +367,12 @@ impl<S: Sink> ser::SerializeMap for MapEncoder<'_, S> {
         let buffer = &self.buffer;
         // By key; entries with equal keys (a map serialized from a list of pairs may repeat one)
         // by their whole encoding, so that not even their order in the input shows.
-        self.entries.sort_unstable_by(|&(a, a_key, a_end), &(b, b_key, b_end)| {
-            buffer[a..a_key]
-                .cmp(&buffer[b..b_key])
-                .then_with(|| buffer[a..a_end].cmp(&buffer[b..b_end]))
-        });
+        self.entries
+            .sort_unstable_by(|&(a, a_key, a_end), &(b, b_key, b_end)| {
+                buffer[a..a_key]
+                    .cmp(&buffer[b..b_key])
+                    .then_with(|| buffer[a..a_end].cmp(&buffer[b..b_end]))
+            });
         self.sink.put(&[tag::MAP]);
         self.sink.put(&(self.entries.len() as u64).to_le_bytes());
         for &(start, _, end) in &self.entries {
