@@ -4,7 +4,12 @@
 //! - `claim`: a claim of a key never seen before (what every first execution does);
 //! - `complete`: storing a small response for a claimed key;
 //! - `lookup`: reading a completed record. With two threads both read the same key: the hottest
-//!   contention there is.
+//!   contention there is;
+//! - `1-thread-not-full/claim`: claims into a store whose bound is far away, so that no claim
+//!   evicts anything.
+//!
+//! The store has the default 64 MiB bound otherwise, so claims of fresh keys fill it and then
+//! each one evicts the least recently used record.
 //!
 //! With two threads, one iteration is one operation on each thread, timed from the common start to
 //! the slower thread's end; the time per operation is half of it when the two do not get in each
@@ -166,6 +171,14 @@ fn benches(c: &mut Criterion) {
         }
         group.finish();
     }
+    // The same claims into a store far from its bound: no eviction, no table rehash after it.
+    let roomy = MemoryStore::builder().max_bytes(1 << 36).build();
+    let mut group = c.benchmark_group("store/1-thread-not-full");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function(BenchmarkId::from_parameter("claim"), |b| {
+        b.iter_custom(|iters| run(&roomy, Op::Claim, 1, iters, &hot));
+    });
+    group.finish();
 }
 
 fn main() {
