@@ -56,19 +56,25 @@ fn body(size: usize) -> Bytes {
         description: String::new(),
         items: Vec::new(),
     };
-    let len = |charge: &NewCharge| serde_json::to_vec(charge).expect("serializable").len();
+    let json_len = |charge: &NewCharge| serde_json::to_vec(charge).expect("serializable").len();
+    // Grow the item list, counting each item's bytes (and its comma) instead of serializing
+    // the whole charge again: a megabyte of items is twenty thousand of them.
+    let mut total = json_len(&charge);
     loop {
-        charge.items.push(Item {
-            sku: format!("sku-{:06}", charge.items.len()),
-            quantity: 1 + (charge.items.len() % 7) as u32,
-            unit_price: 100 + charge.items.len() as u64 * 13,
-        });
-        if len(&charge) > size {
-            charge.items.pop();
+        let n = charge.items.len();
+        let item = Item {
+            sku: format!("sku-{n:06}"),
+            quantity: 1 + (n % 7) as u32,
+            unit_price: 100 + n as u64 * 13,
+        };
+        let item_len = serde_json::to_vec(&item).expect("serializable").len() + usize::from(n > 0);
+        if total + item_len > size {
             break;
         }
+        total += item_len;
+        charge.items.push(item);
     }
-    charge.description = "x".repeat(size - len(&charge));
+    charge.description = "x".repeat(size - json_len(&charge));
     let bytes = serde_json::to_vec(&charge).expect("serializable");
     assert_eq!(bytes.len(), size);
     Bytes::from(bytes)
