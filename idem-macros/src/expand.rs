@@ -48,10 +48,24 @@ fn expand(handler: &Handler, args: &Args) -> TokenStream {
     let arg_names: Vec<_> = (0..handler.args.len())
         .map(|index| format_ident!("__idem_arg{}", index))
         .collect();
-    let outer_params = handler.args.iter().zip(&arg_names).map(|(arg, ident)| {
-        let ty = &arg.param.ty;
-        quote!(#ident: #ty)
-    });
+    // The last argument, unless left out of the fingerprint, is taken through `Last`, which lets
+    // a byte-identical retry be answered before that argument (the body) is parsed.
+    let last_wrapped = handler.args.last().is_some_and(|arg| !arg.skip);
+    let last_index = handler.args.len().wrapping_sub(1);
+    let outer_params =
+        handler
+            .args
+            .iter()
+            .zip(&arg_names)
+            .enumerate()
+            .map(|(index, (arg, ident))| {
+                let ty = &arg.param.ty;
+                if last_wrapped && index == last_index {
+                    quote!(#ident: #private::Last<#ty>)
+                } else {
+                    quote!(#ident: #ty)
+                }
+            });
     let inner_params = handler.args.iter().map(|arg| &arg.param);
     // Each input is fed to the fingerprint in a statement located at the argument's type, so that
     // a type without `FingerprintInput` is reported there. The call-site resolution keeps the
@@ -64,7 +78,16 @@ fn expand(handler: &Handler, args: &Args) -> TokenStream {
         .map(|(index, arg)| {
             let span = Span::call_site().located_at(arg.param.ty.span());
             let ident = format_ident!("__idem_arg{}", index, span = span);
-            quote_spanned!(span=> __idem_ctx.input(&#ident);)
+            if last_wrapped && index == last_index {
+                quote_spanned! {span=>
+                    let #ident = match __idem_ctx.body(#ident).await {
+                        ::core::result::Result::Ok(value) => value,
+                        ::core::result::Result::Err(response) => return response,
+                    };
+                }
+            } else {
+                quote_spanned!(span=> __idem_ctx.input(&#ident);)
+            }
         })
         .collect();
     let ctx_mut = if inputs.is_empty() {

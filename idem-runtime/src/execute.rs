@@ -22,21 +22,27 @@
 //! and the request line before any other extractor runs, then [`Context::run`] takes the handler's
 //! future.
 
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{self, Poll};
 use std::time::Duration;
 
-use axum::extract::{FromRequestParts, MatchedPath};
+use axum::RequestExt as _;
+use axum::body::Body;
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 use http::request::Parts;
+use http_body_util::BodyExt;
 use tokio::time::{Instant, sleep, timeout};
 
 use crate::config::{ConflictPolicy, HandlerOptions, Idempotency, Settings};
-use crate::fingerprint::{Fingerprint, FingerprintInput, Fingerprinter};
+use crate::fingerprint::{Fingerprint, FingerprintInput, Fingerprinter, RequestDigest};
 use crate::key::{IdempotencyKey, KeyError};
 use crate::problem::Problem;
 use crate::replay::{StoredResponse, capture};
@@ -64,6 +70,11 @@ struct Prepared {
     settings: Settings,
     key: StoreKey,
     fingerprint: Fingerprinter,
+    /// Whether every input fed so far is determined by the request's bytes
+    /// ([`FingerprintInput::FROM_REQUEST_BYTES`]).
+    exact: bool,
+    /// The digest of the exact request, kept with the response if the handler is exact.
+    digest: Option<RequestDigest>,
 }
 
 impl<O> std::fmt::Debug for Context<O> {
@@ -78,12 +89,21 @@ impl<O: HandlerConfig, S: Send + Sync> FromRequestParts<S> for Context<O> {
     type Rejection = KeyRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, KeyRejection> {
-        prepare(parts, &O::OPTIONS).map(|request| Context {
+        let request = prepare(parts, &O::OPTIONS)?;
+        if request.is_some() {
+            // Tells the handler's last extractor to read the body first (see `Last`).
+            parts.extensions.insert(BufferBody);
+        }
+        Ok(Context {
             request,
             _options: PhantomData,
         })
     }
 }
+
+/// The mark `Context` leaves on a request that takes part in idempotency.
+#[derive(Clone, Copy)]
+struct BufferBody;
 
 /// Reads what the request needs before its handler's extractors run; `None` when idempotency does
 /// not apply (no key, or a method the handler does not cover).
@@ -124,6 +144,8 @@ fn prepare(parts: &Parts, options: &HandlerOptions) -> Result<Option<Box<Prepare
         settings,
         key: StoreKey::new(scope, key),
         fingerprint,
+        exact: true,
+        digest: None,
     })))
 }
 
@@ -167,8 +189,70 @@ impl<O> Context<O> {
     /// Adds the handler's next argument to the request's fingerprint.
     pub fn input<T: FingerprintInput + ?Sized>(&mut self, input: &T) {
         if let Some(request) = &mut self.request {
+            request.exact &= T::FROM_REQUEST_BYTES;
             request.fingerprint.input(input);
         }
+    }
+
+    /// Takes the handler's last argument, after every other one went through [`Context::input`].
+    ///
+    /// A retry that repeats a completed request byte for byte is answered here, with the replay
+    /// (`Err`), before its body is parsed — provided every input of the handler is
+    /// [determined by the request's bytes](FingerprintInput::FROM_REQUEST_BYTES) and the store
+    /// can [peek](crate::store::IdempotencyStore::peek) at the record. Otherwise the argument is
+    /// extracted (`Err` with the extractor's rejection if it fails), added to the fingerprint and
+    /// returned.
+    ///
+    /// # Errors
+    ///
+    /// The response to send instead of running the handler: the replay, or the rejection.
+    pub async fn body<T: FingerprintInput>(&mut self, last: Last<T>) -> Result<T, Response> {
+        let (parts, body, extract) = match last.0 {
+            LastState::Extracted(value) => {
+                self.input(&value);
+                return Ok(value);
+            }
+            LastState::Buffered {
+                parts,
+                body,
+                extract,
+            } => (parts, body, extract),
+        };
+        if let Some(request) = &mut self.request
+            && request.exact
+            && T::FROM_REQUEST_BYTES
+            && let Ok(body) = &body
+        {
+            let digest = RequestDigest::new(
+                &parts.method,
+                parts
+                    .extensions
+                    .get::<MatchedPath>()
+                    .map(MatchedPath::as_str),
+                parts.uri.path(),
+                parts.uri.query(),
+                parts
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .map(http::HeaderValue::as_bytes),
+                body,
+            );
+            if let Some(Record::Done { response, .. }) = request.config.store().peek(&request.key)
+                && response.request_digest() == Some(&digest)
+            {
+                tracing::debug!(target: "idem", outcome = "replayed", exact = true, key = %request.key.key, status = response.status().as_u16(), "replaying stored response to a byte-identical retry");
+                return Err(response.to_response());
+            }
+            request.digest = Some(digest);
+        }
+        let body = match body {
+            Ok(bytes) => Body::from(bytes),
+            // The extractor reads the failure in place of the body, and rejects it as its own.
+            Err(error) => Body::new(Failed(Some(error))),
+        };
+        let value = extract(Request::from_parts(parts, body)).await?;
+        self.input(&value);
+        Ok(value)
     }
 
     /// Runs the handler's future under the idempotency rules and answers.
@@ -185,6 +269,115 @@ impl<O> Context<O> {
             None => handler.await.into_response(),
             Some(request) => request.run(handler).await,
         }
+    }
+}
+
+/// The last argument of an `#[idempotent]` handler, wrapped: `T`, extracted as usual, except that
+/// for a request with an idempotency key its body is first read into memory, so that
+/// [`Context::body`] can answer a byte-identical retry without parsing it.
+///
+/// The body is read under the same limit `T` would apply (axum's
+/// [`DefaultBodyLimit`](axum::extract::DefaultBodyLimit)); if reading fails, `T` is handed the
+/// failure and answers with its own rejection, as it would have. An extractor that reads no body
+/// (`Path`, `Query`, …) is simply extracted.
+pub struct Last<T>(LastState<T>);
+
+enum LastState<T> {
+    Extracted(T),
+    Buffered {
+        parts: Parts,
+        /// The body, or why it could not be read.
+        body: Result<Bytes, axum::BoxError>,
+        extract: Box<dyn FnOnce(Request) -> BoxFuture<'static, Result<T, Response>> + Send>,
+    },
+}
+
+impl<T> std::fmt::Debug for Last<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.0 {
+            LastState::Extracted(_) => "extracted",
+            LastState::Buffered { .. } => "buffered",
+        };
+        f.debug_tuple("Last").field(&state).finish()
+    }
+}
+
+impl<S, T> FromRequest<S> for Last<T>
+where
+    S: Clone + Send + Sync + 'static,
+    T: FromRequest<S> + Send + 'static,
+{
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
+        if request.extensions().get::<BufferBody>().is_none() {
+            return match T::from_request(request, state).await {
+                Ok(value) => Ok(Self(LastState::Extracted(value))),
+                Err(rejection) => Err(rejection.into_response()),
+            };
+        }
+        let (parts, body) = request.with_limited_body().into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(http_body_util::Collected::to_bytes)
+            .map_err(innermost);
+        let state = state.clone();
+        let extract = Box::new(
+            move |request: Request| -> BoxFuture<'static, Result<T, Response>> {
+                Box::pin(async move {
+                    T::from_request(request, &state)
+                        .await
+                        .map_err(IntoResponse::into_response)
+                })
+            },
+        );
+        Ok(Self(LastState::Buffered {
+            parts,
+            body,
+            extract,
+        }))
+    }
+}
+
+impl<S, T> FromRequestParts<S> for Last<T>
+where
+    S: Send + Sync,
+    T: FromRequestParts<S>,
+{
+    type Rejection = T::Rejection;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, T::Rejection> {
+        T::from_request_parts(parts, state)
+            .await
+            .map(|value| Self(LastState::Extracted(value)))
+    }
+}
+
+/// The error inside the layers of `axum::Error` that bodies wrap around it, so that an extractor
+/// reading it again (and wrapping it again) still recognises a length limit.
+fn innermost(error: axum::Error) -> axum::BoxError {
+    let mut inner = error.into_inner();
+    loop {
+        match inner.downcast::<axum::Error>() {
+            Ok(wrapped) => inner = wrapped.into_inner(),
+            Err(other) => return other,
+        }
+    }
+}
+
+/// A body whose reading failed: yields the failure, once, to whoever reads it next.
+struct Failed(Option<axum::BoxError>);
+
+impl http_body::Body for Failed {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut task::Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::BoxError>>> {
+        Poll::Ready(self.get_mut().0.take().map(Err))
     }
 }
 
@@ -245,6 +438,8 @@ impl Prepared {
             settings,
             key,
             fingerprint,
+            digest,
+            ..
         } = self;
         let fingerprint = match fingerprint.finish() {
             Ok(fingerprint) => fingerprint,
@@ -262,6 +457,7 @@ impl Prepared {
                     settings,
                     key,
                     fingerprint,
+                    digest,
                     token,
                 }
                 .run(handler)
@@ -356,6 +552,11 @@ async fn with_timeout<T>(
     settings: &Settings,
     operation: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
+    let mut operation = pin!(operation);
+    // A store that answers at once (one in memory) needs no timer.
+    if let Poll::Ready(result) = poll_fn(|cx| Poll::Ready(operation.as_mut().poll(cx))).await {
+        return result;
+    }
     match timeout(settings.store_timeout, operation).await {
         Ok(result) => result,
         Err(_) => Err(StoreError::new(format!(
@@ -376,6 +577,7 @@ struct Execution {
     settings: Settings,
     key: StoreKey,
     fingerprint: Fingerprint,
+    digest: Option<RequestDigest>,
     token: ClaimToken,
 }
 
@@ -425,6 +627,10 @@ impl Execution {
                     tracing::info!(target: "idem", outcome = "executed", stored = false, key = %self.key.key, status = stored.status().as_u16(), "server error not stored; key released");
                     self.record(Outcome::Release).await;
                 } else {
+                    let stored = match self.digest {
+                        Some(digest) => stored.with_request_digest(digest),
+                        None => stored,
+                    };
                     self.record(Outcome::Complete(stored)).await;
                 }
                 first

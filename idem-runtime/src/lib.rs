@@ -37,7 +37,7 @@ pub use crate::store::{IdempotencyStore, MemoryStore};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::config::{ConflictPolicy, HandlerOptions, Methods};
-    pub use crate::execute::{Context, HandlerConfig};
+    pub use crate::execute::{Context, HandlerConfig, Last};
     pub use crate::fingerprint::FingerprintInput;
     pub use crate::scope::Scope;
     pub use axum::response::{IntoResponse, Response};

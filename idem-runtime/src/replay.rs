@@ -43,6 +43,8 @@ use http::header::{
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_body_util::BodyExt;
 
+use crate::fingerprint::RequestDigest;
+
 /// The header that marks a replayed response.
 pub const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
@@ -95,6 +97,7 @@ pub struct StoredResponse {
     status: StatusCode,
     headers: HeaderMap,
     body: StoredBody,
+    request: Option<RequestDigest>,
 }
 
 impl StoredResponse {
@@ -106,6 +109,7 @@ impl StoredResponse {
             status,
             headers,
             body: StoredBody::Kept(body),
+            request: None,
         }
     }
 
@@ -117,7 +121,23 @@ impl StoredResponse {
             status,
             headers,
             body: StoredBody::Dropped { len },
+            request: None,
         }
+    }
+
+    /// The same response, remembering the exact request it answers: a retry with the same
+    /// [`RequestDigest`] may be replayed without parsing its body (see
+    /// [`FingerprintInput::FROM_REQUEST_BYTES`](crate::fingerprint::FingerprintInput::FROM_REQUEST_BYTES)).
+    #[must_use]
+    pub fn with_request_digest(mut self, digest: RequestDigest) -> Self {
+        self.request = Some(digest);
+        self
+    }
+
+    /// The digest of the exact request this response answers, if it was recorded.
+    #[must_use]
+    pub fn request_digest(&self) -> Option<&RequestDigest> {
+        self.request.as_ref()
     }
 
     /// The status the handler answered.
@@ -173,12 +193,14 @@ impl StoredResponse {
 
     /// The record in a versioned binary form, for stores that keep bytes.
     ///
-    /// Layout (integers little-endian): version `1u8`, status `u16`, header count `u32`, then per
+    /// Layout (integers little-endian): version `2u8`, status `u16`, header count `u32`, then per
     /// header name length `u32`, name, value length `u32`, value; then body kind `u8` (`0` kept,
-    /// `1` dropped) and `u64` length, followed by the body when kept.
+    /// `1` dropped) and `u64` length, followed by the body when kept; then `0u8`, or `1u8` and the
+    /// 32 bytes of the [request digest](Self::request_digest). Version `1` is the same without the
+    /// digest part; [`decode`](Self::decode) reads both.
     #[must_use]
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.weight());
+        let mut out = Vec::with_capacity(self.weight() + 33);
         out.push(FORMAT_VERSION);
         out.extend_from_slice(&self.status.as_u16().to_le_bytes());
         out.extend_from_slice(&(self.headers.len() as u32).to_le_bytes());
@@ -199,6 +221,13 @@ impl StoredResponse {
                 out.extend_from_slice(&len.to_le_bytes());
             }
         }
+        match &self.request {
+            Some(digest) => {
+                out.push(1);
+                out.extend_from_slice(digest.as_bytes());
+            }
+            None => out.push(0),
+        }
         out
     }
 
@@ -212,7 +241,7 @@ impl StoredResponse {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut input = Reader(bytes);
         let version = input.take(1)?[0];
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != 1 {
             return Err(DecodeError(format!(
                 "unknown record format version {version}"
             )));
@@ -244,6 +273,14 @@ impl StoredResponse {
             1 => StoredBody::Dropped { len },
             _ => return Err(DecodeError(format!("unknown body kind {kind}"))),
         };
+        let request = match version {
+            1 => None,
+            _ => match input.take(1)?[0] {
+                0 => None,
+                1 => Some(RequestDigest::from_bytes(input.array()?)),
+                other => return Err(DecodeError(format!("unknown digest kind {other}"))),
+            },
+        };
         if !input.0.is_empty() {
             return Err(DecodeError(format!("{} trailing bytes", input.0.len())));
         }
@@ -251,11 +288,13 @@ impl StoredResponse {
             status,
             headers,
             body,
+            request,
         })
     }
 }
 
-const FORMAT_VERSION: u8 = 1;
+/// The version [`StoredResponse::encode`] writes.
+const FORMAT_VERSION: u8 = 2;
 
 struct Reader<'a>(&'a [u8]);
 

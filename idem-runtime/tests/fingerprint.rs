@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use axum::Json;
 use axum::extract::{Form, Path, Query, State};
 use http::Method;
-use idem_runtime::fingerprint::{Fingerprint, Fingerprinter};
+use idem_runtime::fingerprint::{Fingerprint, FingerprintInput, Fingerprinter, RequestDigest};
 use proptest::prelude::*;
 use serde::Serialize;
 
@@ -37,6 +37,71 @@ fn the_request_line_is_part_of_the_fingerprint() {
     for variant in variants {
         assert_ne!(variant.finish().unwrap(), base);
     }
+}
+
+#[test]
+fn every_part_of_the_exact_request_is_in_its_digest() {
+    let post = Method::POST;
+    let base = || {
+        (
+            Some("/c/{id}"),
+            "/c/1",
+            Some("a=1"),
+            Some(&b"application/json"[..]),
+            &b"{}"[..],
+        )
+    };
+    let digest = |(route, path, query, content_type, body): (
+        Option<&str>,
+        &str,
+        Option<&str>,
+        Option<&[u8]>,
+        &[u8],
+    ),
+                  method: &Method| {
+        RequestDigest::new(method, route, path, query, content_type, body)
+    };
+    let reference = digest(base(), &post);
+    assert_eq!(reference, digest(base(), &post));
+    let mut variants = vec![digest(base(), &Method::PUT)];
+    let (route, path, query, content_type, body) = base();
+    variants.push(digest((None, path, query, content_type, body), &post));
+    variants.push(digest((route, "/c/2", query, content_type, body), &post));
+    variants.push(digest((route, path, None, content_type, body), &post));
+    variants.push(digest((route, path, Some(""), content_type, body), &post));
+    variants.push(digest((route, path, query, None, body), &post));
+    variants.push(digest(
+        (route, path, query, Some(b"text/plain"), body),
+        &post,
+    ));
+    variants.push(digest((route, path, query, content_type, b"{ }"), &post));
+    for (n, variant) in variants.iter().enumerate() {
+        assert_ne!(*variant, reference, "variant {n}");
+    }
+}
+
+#[test]
+fn inputs_that_read_only_the_request_bytes_say_so() {
+    fn exact<T: FingerprintInput>() -> bool {
+        T::FROM_REQUEST_BYTES
+    }
+    assert!(exact::<Json<serde_json::Value>>());
+    assert!(exact::<Form<BTreeMap<String, String>>>());
+    assert!(exact::<Query<BTreeMap<String, String>>>());
+    assert!(exact::<Path<u32>>());
+    assert!(exact::<String>());
+    assert!(exact::<State<()>>());
+    assert!(exact::<http::HeaderMap>());
+    assert!(exact::<Option<Json<u8>>>());
+    assert!(exact::<Result<Json<u8>, ()>>());
+
+    /// A custom input, say a header's value, is not covered unless it says so.
+    struct Customer;
+    impl FingerprintInput for Customer {
+        fn fingerprint(&self, _: &mut Fingerprinter) {}
+    }
+    assert!(!exact::<Customer>());
+    assert!(!exact::<Option<Customer>>());
 }
 
 #[test]

@@ -9,6 +9,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_body_util::BodyExt;
+use idem_runtime::fingerprint::RequestDigest;
 use idem_runtime::replay::{REPLAYED, StoredBody, StoredResponse, capture, is_replayable};
 use proptest::prelude::*;
 
@@ -66,12 +67,23 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn stored_response() -> impl Strategy<Value = StoredResponse> {
-    (status(), headers(), body(), any::<Option<u64>>()).prop_map(
-        |(status, headers, body, dropped)| match dropped {
-            Some(len) => StoredResponse::without_body(status, headers, len),
-            None => StoredResponse::new(status, headers, Bytes::from(body)),
-        },
+    (
+        status(),
+        headers(),
+        body(),
+        any::<Option<u64>>(),
+        any::<Option<[u8; 32]>>(),
     )
+        .prop_map(|(status, headers, body, dropped, digest)| {
+            let stored = match dropped {
+                Some(len) => StoredResponse::without_body(status, headers, len),
+                None => StoredResponse::new(status, headers, Bytes::from(body)),
+            };
+            match digest {
+                Some(digest) => stored.with_request_digest(RequestDigest::from_bytes(digest)),
+                None => stored,
+            }
+        })
 }
 
 fn response(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Response {
@@ -192,6 +204,30 @@ fn record_with_headers(names: u32) -> Vec<u8> {
     out.push(0);
     out.extend_from_slice(&0u64.to_le_bytes());
     out
+}
+
+#[test]
+fn a_record_of_the_first_format_reads_back_without_a_request_digest() {
+    let decoded = StoredResponse::decode(&record_with_headers(1)).unwrap();
+    assert_eq!(decoded.status(), StatusCode::OK);
+    assert_eq!(decoded.headers()["h0"], "v");
+    assert_eq!(decoded.request_digest(), None);
+}
+
+#[test]
+fn the_request_digest_is_kept_by_the_encoding() {
+    let digest = RequestDigest::from_bytes([9; 32]);
+    let stored = StoredResponse::new(StatusCode::CREATED, HeaderMap::new(), "{}".into())
+        .with_request_digest(digest);
+    let decoded = StoredResponse::decode(&stored.encode()).unwrap();
+    assert_eq!(decoded.request_digest(), Some(&digest));
+
+    // An unknown digest marker is refused, not guessed at.
+    let mut encoded = stored.encode();
+    let marker = encoded.len() - 33;
+    encoded[marker] = 7;
+    let error = StoredResponse::decode(&encoded).unwrap_err();
+    assert!(error.to_string().contains("digest"), "{error}");
 }
 
 #[test]

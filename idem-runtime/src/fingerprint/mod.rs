@@ -73,6 +73,75 @@ impl fmt::Display for Fingerprint {
     }
 }
 
+/// A digest of a request exactly as it was sent: method, matched route, path, query,
+/// `Content-Type` and body bytes (SHA-256, domain-separated from [`Fingerprint`]).
+///
+/// Where a [`Fingerprint`] says "the same request, whatever its spelling", this says "the same
+/// bytes". A completed record keeps the digest of the request that created it, so that a retry
+/// sending the same bytes again can be answered before its body is parsed: when every input of the
+/// handler is [determined by those bytes](FingerprintInput::FROM_REQUEST_BYTES), equal digests
+/// imply equal fingerprints.
+///
+/// ```
+/// use idem_runtime::fingerprint::RequestDigest;
+///
+/// let digest = |body: &[u8]| {
+///     RequestDigest::new(&http::Method::POST, Some("/charges"), "/charges", None, Some(b"application/json"), body)
+/// };
+/// assert_eq!(digest(br#"{"amount":5}"#), digest(br#"{"amount":5}"#));
+/// // Unlike a fingerprint, it sees the spelling.
+/// assert_ne!(digest(br#"{"amount":5}"#), digest(br#"{"amount": 5}"#));
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestDigest([u8; 32]);
+
+impl RequestDigest {
+    /// The digest of a request with this method, matched route template, path, query,
+    /// `Content-Type` header value and body.
+    #[must_use]
+    pub fn new(
+        method: &Method,
+        route: Option<&str>,
+        path: &str,
+        query: Option<&str>,
+        content_type: Option<&[u8]>,
+        body: &[u8],
+    ) -> Self {
+        let mut hasher = Hasher::new();
+        hasher.put(REQUEST_DOMAIN);
+        request_line(&mut hasher, method, route, path, query);
+        match content_type {
+            Some(value) => put_field(&mut hasher, field::CONTENT_TYPE, value),
+            None => hasher.put(&[field::NO_CONTENT_TYPE]),
+        }
+        put_field(&mut hasher, field::BYTES, body);
+        Self(hasher.finish())
+    }
+
+    /// A digest from its raw bytes, as read back from a store.
+    #[must_use]
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The raw digest.
+    #[must_use]
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for RequestDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RequestDigest(")?;
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))?;
+        f.write_str(")")
+    }
+}
+
+/// The domain tag and format version of a [`RequestDigest`].
+const REQUEST_DOMAIN: &[u8] = b"idem/request/v1\0";
+
 /// The domain tag and format version that every fingerprint starts with. Changing the encoding
 /// means changing this tag, so that old and new digests never compare equal by accident.
 const DOMAIN: &[u8] = b"idem/fingerprint/v1\0";
@@ -87,6 +156,35 @@ mod field {
     pub(super) const INPUT: u8 = 0xF6;
     pub(super) const BYTES: u8 = 0xF7;
     pub(super) const VALUE: u8 = 0xF8;
+    pub(super) const CONTENT_TYPE: u8 = 0xF9;
+    pub(super) const NO_CONTENT_TYPE: u8 = 0xFA;
+}
+
+/// One length-prefixed field.
+fn put_field(hasher: &mut Hasher, tag: u8, bytes: &[u8]) {
+    hasher.put(&[tag]);
+    hasher.put(&(bytes.len() as u64).to_le_bytes());
+    hasher.put(bytes);
+}
+
+/// The request line, as both digests begin.
+fn request_line(
+    hasher: &mut Hasher,
+    method: &Method,
+    route: Option<&str>,
+    path: &str,
+    query: Option<&str>,
+) {
+    put_field(hasher, field::METHOD, method.as_str().as_bytes());
+    match route {
+        Some(route) => put_field(hasher, field::ROUTE, route.as_bytes()),
+        None => hasher.put(&[field::NO_ROUTE]),
+    }
+    put_field(hasher, field::PATH, path.as_bytes());
+    match query {
+        Some(query) => put_field(hasher, field::QUERY, query.as_bytes()),
+        None => hasher.put(&[field::NO_QUERY]),
+    }
 }
 
 /// The SHA-256 state behind a small buffer. The encoding arrives in many pieces of a few bytes
@@ -154,23 +252,8 @@ impl Fingerprinter {
             error: None,
         };
         fp.hasher.put(DOMAIN);
-        fp.field(field::METHOD, method.as_str().as_bytes());
-        match route {
-            Some(route) => fp.field(field::ROUTE, route.as_bytes()),
-            None => fp.hasher.put(&[field::NO_ROUTE]),
-        }
-        fp.field(field::PATH, path.as_bytes());
-        match query {
-            Some(query) => fp.field(field::QUERY, query.as_bytes()),
-            None => fp.hasher.put(&[field::NO_QUERY]),
-        }
+        request_line(&mut fp.hasher, method, route, path, query);
         fp
-    }
-
-    fn field(&mut self, tag: u8, bytes: &[u8]) {
-        self.hasher.put(&[tag]);
-        self.hasher.put(&(bytes.len() as u64).to_le_bytes());
-        self.hasher.put(bytes);
     }
 
     /// Adds the handler's next argument. Arguments are numbered in the order they are added, so
@@ -184,7 +267,7 @@ impl Fingerprinter {
 
     /// Adds raw bytes (a body read as `Bytes` or `String`, say).
     pub fn bytes(&mut self, bytes: &[u8]) {
-        self.field(field::BYTES, bytes);
+        put_field(&mut self.hasher, field::BYTES, bytes);
     }
 
     /// Adds a value in its canonical encoding: maps are sorted, integers are encoded by value.
@@ -247,6 +330,16 @@ impl fmt::Debug for Fingerprinter {
     note = "or leave the argument out of the fingerprint with `#[idem(skip)]` on it"
 )]
 pub trait FingerprintInput {
+    /// Whether this input is determined by the request's method, route, path, query,
+    /// `Content-Type` and body bytes alone (or reads no client input at all), and extracting it
+    /// does nothing but produce it.
+    ///
+    /// When every fingerprinted input of a handler says so, a retry that repeats a completed
+    /// request byte for byte (the same [`RequestDigest`]) is replayed without extracting its body
+    /// again. `false` by default, which is always safe: an extractor that reads a header, or
+    /// checks a signature, keeps every retry on the full path.
+    const FROM_REQUEST_BYTES: bool = false;
+
     /// Feeds this argument's part of the request into `fp`.
     fn fingerprint(&self, fp: &mut Fingerprinter);
 }
@@ -254,6 +347,8 @@ pub trait FingerprintInput {
 macro_rules! serialized_input {
     ($($extractor:ident),*) => {$(
         impl<T: Serialize> FingerprintInput for $extractor<T> {
+            const FROM_REQUEST_BYTES: bool = true;
+
             fn fingerprint(&self, fp: &mut Fingerprinter) {
                 fp.value(&self.0);
             }
@@ -264,18 +359,24 @@ macro_rules! serialized_input {
 serialized_input!(Json, Form, Query, Path);
 
 impl FingerprintInput for String {
+    const FROM_REQUEST_BYTES: bool = true;
+
     fn fingerprint(&self, fp: &mut Fingerprinter) {
         fp.bytes(self.as_bytes());
     }
 }
 
 impl FingerprintInput for Bytes {
+    const FROM_REQUEST_BYTES: bool = true;
+
     fn fingerprint(&self, fp: &mut Fingerprinter) {
         fp.bytes(self);
     }
 }
 
 impl FingerprintInput for RawForm {
+    const FROM_REQUEST_BYTES: bool = true;
+
     fn fingerprint(&self, fp: &mut Fingerprinter) {
         fp.bytes(&self.0);
     }
@@ -288,6 +389,8 @@ impl<K: Serialize, V: Serialize, H> FingerprintInput for HashMap<K, V, H> {
 }
 
 impl<T: FingerprintInput> FingerprintInput for Option<T> {
+    const FROM_REQUEST_BYTES: bool = T::FROM_REQUEST_BYTES;
+
     fn fingerprint(&self, fp: &mut Fingerprinter) {
         match self {
             Some(input) => {
@@ -300,6 +403,8 @@ impl<T: FingerprintInput> FingerprintInput for Option<T> {
 }
 
 impl<T: FingerprintInput, E> FingerprintInput for Result<T, E> {
+    const FROM_REQUEST_BYTES: bool = T::FROM_REQUEST_BYTES;
+
     /// A rejected optional extractor contributes a marker only: the handler saw no input.
     fn fingerprint(&self, fp: &mut Fingerprinter) {
         match self {
@@ -315,6 +420,8 @@ impl<T: FingerprintInput, E> FingerprintInput for Result<T, E> {
 macro_rules! non_input {
     ($($ty:ty $(, $param:ident)?;)*) => {$(
         impl$(<$param>)? FingerprintInput for $ty {
+            const FROM_REQUEST_BYTES: bool = true;
+
             /// Reads no client input (or only what the fingerprint already covers: the method,
             /// path and query): contributes nothing.
             fn fingerprint(&self, _fp: &mut Fingerprinter) {}

@@ -259,4 +259,16 @@ pub trait IdempotencyStore: Send + Sync + 'static {
 
     /// Reads the record of `key`, if any (an in-flight record past its lease counts as none).
     async fn lookup(&self, key: &StoreKey) -> Result<Option<Record>, StoreError>;
+
+    /// Reads the record of `key` if the store can answer at once, from this process's memory,
+    /// without I/O; `None` when it cannot (the default) or holds no record.
+    ///
+    /// A hint, never a decision: the layer uses it only to answer a retry that repeats a completed
+    /// request byte for byte before parsing its body again, and goes through
+    /// [`claim`](Self::claim) whenever it returns `None`. A store without a local copy of its
+    /// records keeps the default.
+    fn peek(&self, key: &StoreKey) -> Option<Record> {
+        let _ = key;
+        None
+    }
 }

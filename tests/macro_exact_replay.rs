@@ -1,0 +1,300 @@
+//! A retry that repeats a completed request byte for byte is replayed before its body is parsed;
+//! anything else takes the full path, with the same answers as before.
+
+#![allow(missing_docs)]
+
+mod macro_support;
+
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{Method, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use axum::{Json, Router};
+use bytes::Bytes;
+use idem::{FingerprintInput, Fingerprinter, idempotent};
+use macro_support::{Answer, Probe, app, post as post_request, request, send};
+use serde_json::Value;
+
+/// How many times `Counted` was extracted, per idempotency key (tests run side by side).
+static EXTRACTIONS: LazyLock<Mutex<HashMap<String, usize>>> = LazyLock::new(Default::default);
+
+fn extractions(key: &str) -> usize {
+    EXTRACTIONS.lock().unwrap().get(key).copied().unwrap_or(0)
+}
+
+/// `Json<Value>` that counts how often it parses a body.
+struct Counted(Value);
+
+impl<S: Send + Sync> FromRequest<S> for Counted {
+    type Rejection = JsonRejection;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, JsonRejection> {
+        let key = request
+            .headers()
+            .get("idempotency-key")
+            .map_or("", |value| value.to_str().unwrap())
+            .to_owned();
+        *EXTRACTIONS.lock().unwrap().entry(key).or_default() += 1;
+        let Json(value) = Json::<Value>::from_request(request, state).await?;
+        Ok(Self(value))
+    }
+}
+
+impl FingerprintInput for Counted {
+    const FROM_REQUEST_BYTES: bool = true;
+
+    fn fingerprint(&self, fp: &mut Fingerprinter) {
+        fp.value(&self.0);
+    }
+}
+
+/// The `X-Customer` header: an input the request's bytes do not cover.
+struct Customer(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Customer {
+    type Rejection = StatusCode;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, StatusCode> {
+        let value = parts
+            .headers
+            .get("x-customer")
+            .ok_or(StatusCode::BAD_REQUEST)?;
+        Ok(Self(value.to_str().unwrap().to_owned()))
+    }
+}
+
+impl FingerprintInput for Customer {
+    fn fingerprint(&self, fp: &mut Fingerprinter) {
+        fp.bytes(self.0.as_bytes());
+    }
+}
+
+#[idempotent(post)]
+async fn create_charge(State(probe): State<Probe>, Counted(charge): Counted) -> impl IntoResponse {
+    let run = probe.run();
+    (
+        StatusCode::CREATED,
+        format!("{{\"run\":{run},\"amount\":{}}}", charge["amount"]),
+    )
+}
+
+#[idempotent(post)]
+async fn charge_customer(
+    State(probe): State<Probe>,
+    Customer(customer): Customer,
+    Counted(charge): Counted,
+) -> impl IntoResponse {
+    let run = probe.run();
+    (
+        StatusCode::CREATED,
+        format!(
+            "{{\"run\":{run},\"customer\":\"{customer}\",\"amount\":{}}}",
+            charge["amount"]
+        ),
+    )
+}
+
+#[idempotent(post)]
+async fn raw_upload(State(probe): State<Probe>, body: Bytes) -> impl IntoResponse {
+    probe.run();
+    (StatusCode::CREATED, format!("{} bytes", body.len()))
+}
+
+fn router(probe: &Probe) -> Router {
+    app(
+        Router::new()
+            .route("/charges", post(create_charge))
+            .route("/customer-charges", post(charge_customer))
+            .route(
+                "/uploads",
+                post(raw_upload).layer(DefaultBodyLimit::max(16)),
+            ),
+        probe,
+    )
+}
+
+#[tokio::test]
+async fn a_byte_identical_retry_is_replayed_without_parsing_its_body() {
+    let probe = Probe::default();
+    let app = router(&probe);
+    let body = r#"{"amount":100}"#;
+
+    let first = send(&app, post_request("/charges", Some("exact-1"), body)).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert!(!first.is_replay());
+    assert_eq!(extractions("exact-1"), 1);
+
+    for _ in 0..3 {
+        let retry = send(&app, post_request("/charges", Some("exact-1"), body)).await;
+        assert!(retry.is_replay());
+        assert_eq!(retry.status, StatusCode::CREATED);
+        assert_eq!(retry.body, first.body);
+    }
+    assert_eq!(
+        extractions("exact-1"),
+        1,
+        "the retries' bodies were not parsed"
+    );
+    assert_eq!(probe.runs(), 1);
+}
+
+#[tokio::test]
+async fn a_retry_spelled_differently_is_parsed_and_still_replayed() {
+    let probe = Probe::default();
+    let app = router(&probe);
+
+    let first = send(
+        &app,
+        post_request("/charges", Some("exact-2"), r#"{"amount":100}"#),
+    )
+    .await;
+    let retry = send(
+        &app,
+        post_request("/charges", Some("exact-2"), r#"{ "amount": 100 }"#),
+    )
+    .await;
+    assert!(retry.is_replay(), "the same request, by its fingerprint");
+    assert_eq!(retry.body, first.body);
+    assert_eq!(
+        extractions("exact-2"),
+        2,
+        "the differently spelled body was parsed"
+    );
+    assert_eq!(probe.runs(), 1);
+}
+
+#[tokio::test]
+async fn a_different_body_under_the_key_is_refused_as_before() {
+    let probe = Probe::default();
+    let app = router(&probe);
+
+    send(
+        &app,
+        post_request("/charges", Some("exact-3"), r#"{"amount":100}"#),
+    )
+    .await;
+    let other = send(
+        &app,
+        post_request("/charges", Some("exact-3"), r#"{"amount":101}"#),
+    )
+    .await;
+    other.assert_problem(422, "key-reused");
+    assert_eq!(probe.runs(), 1);
+}
+
+#[tokio::test]
+async fn an_input_outside_the_request_bytes_keeps_retries_on_the_full_path() {
+    let probe = Probe::default();
+    let app = router(&probe);
+    let body = r#"{"amount":7}"#;
+    let charge = |customer: &str| {
+        request(
+            Method::POST,
+            "/customer-charges",
+            &[("idempotency-key", "exact-4"), ("x-customer", customer)],
+            body,
+        )
+    };
+
+    let first = send(&app, charge("cus_a")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+
+    // Same bytes, another customer: a different request, whatever the body says.
+    let other = send(&app, charge("cus_b")).await;
+    other.assert_problem(422, "key-reused");
+
+    let retry = send(&app, charge("cus_a")).await;
+    assert!(retry.is_replay());
+    assert_eq!(retry.body, first.body);
+    assert_eq!(extractions("exact-4"), 3, "every body was parsed");
+    assert_eq!(probe.runs(), 1);
+}
+
+#[tokio::test]
+async fn the_content_type_is_part_of_the_exact_request() {
+    let probe = Probe::default();
+    let app = router(&probe);
+    let body = r#"{"amount":100}"#;
+
+    send(&app, post_request("/charges", Some("exact-5"), body)).await;
+    let as_text = Request::builder()
+        .method(Method::POST)
+        .uri("/charges")
+        .header("idempotency-key", "exact-5")
+        .header("content-type", "text/plain")
+        .body(Body::from(body))
+        .unwrap();
+    let answer = send(&app, as_text).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "the extractor refuses it, as it would without a record"
+    );
+    assert!(!answer.is_replay());
+    assert_eq!(probe.runs(), 1);
+}
+
+/// What a request to `/uploads` gets, with and without a key.
+async fn both_ways(app: &Router, body: impl Fn() -> Body) -> (Answer, Answer) {
+    let upload = |key: Option<&str>| {
+        let mut builder = Request::builder().method(Method::POST).uri("/uploads");
+        if let Some(key) = key {
+            builder = builder.header("idempotency-key", key);
+        }
+        builder.body(body()).unwrap()
+    };
+    let keyed = send(app, upload(Some("exact-6"))).await;
+    let plain = send(app, upload(None)).await;
+    (keyed, plain)
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_gets_the_extractors_own_rejection() {
+    let probe = Probe::default();
+    let app = router(&probe);
+
+    let (keyed, plain) = both_ways(&app, || Body::from(vec![b'x'; 100])).await;
+    assert_eq!(keyed.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!((keyed.status, &keyed.body), (plain.status, &plain.body));
+    assert_eq!(probe.runs(), 0);
+
+    // Nothing was stored: the fixed request runs.
+    let fixed = send(&app, post_request("/uploads", Some("exact-6"), "small")).await;
+    assert_eq!(fixed.status, StatusCode::CREATED);
+    assert_eq!(probe.runs(), 1);
+}
+
+#[tokio::test]
+async fn a_body_that_fails_midway_gets_the_extractors_own_rejection() {
+    let probe = Probe::default();
+    let app = router(&probe);
+    let broken = || {
+        Body::from_stream(futures_util::stream::iter([
+            Ok(Bytes::from_static(b"abc")),
+            Err(std::io::Error::other("connection reset")),
+        ]))
+    };
+
+    let (keyed, plain) = both_ways(&app, broken).await;
+    assert_eq!(keyed.status, StatusCode::BAD_REQUEST);
+    assert_eq!((keyed.status, &keyed.body), (plain.status, &plain.body));
+    assert_eq!(probe.runs(), 0);
+}
+
+#[tokio::test]
+async fn without_a_key_the_body_is_parsed_every_time() {
+    let probe = Probe::default();
+    let app = router(&probe);
+    for _ in 0..2 {
+        let answer = send(&app, post_request("/charges", None, r#"{"amount":1}"#)).await;
+        assert_eq!(answer.status, StatusCode::CREATED);
+    }
+    assert_eq!(extractions(""), 2);
+    assert_eq!(probe.runs(), 2);
+}
