@@ -4,6 +4,9 @@
 //! key extraction ─► (no key) ─────────────────────────────► handler runs, nothing stored
 //!    │ bad key → 400
 //!    ▼
+//! body read ─► same bytes as a completed request ──────────► replay (body not parsed)
+//!    │ parse the body; extractor rejection → its own answer
+//!    ▼
 //! claim(scope + key, fingerprint, lease)
 //!    │ Fresh             → run the handler in its own task (a client disconnect cannot cancel it)
 //!    │                     → capture status, headers, body → complete → answer
@@ -19,8 +22,9 @@
 //! `tracing` event on the target `idem` with the field `outcome`.
 //!
 //! [`Context`] is the extractor that `#[idempotent]` adds to a handler: it reads the key, the scope
-//! and the request line before any other extractor runs, then [`Context::run`] takes the handler's
-//! future.
+//! and the request line before any other extractor runs. The handler's last argument comes through
+//! [`Last`], which holds the body for [`Context::body`] (the byte-identical replay); then
+//! [`Context::run`] takes the handler's future.
 
 use std::future::{Future, poll_fn};
 use std::marker::PhantomData;
