@@ -8,8 +8,9 @@
 //!
 //! - **Per key**, at 100k and 1M keys in a store large enough to keep them all: the heap held per
 //!   key, and the *overhead*: that minus the key's characters, the stored header names and values
-//!   and the body bytes. The caller's scope (32 B), the fingerprint (32 B), the claim token, the
-//!   expiry and the cache's own bookkeeping all count as overhead. Also: the weight the store
+//!   and the body bytes. The caller's scope (32 B), the fingerprint (32 B), the expiry and the
+//!   cache's own bookkeeping all count as overhead. (Each key's claim is gone from the claim table
+//!   once it is completed.) Also: the weight the store
 //!   charged the key against its bound, beside the heap it really holds.
 //! - **Flood**: 500k unique keys into a store bounded at 16 MiB: the heap it holds once evictions
 //!   have run must stay within the bound.
@@ -85,7 +86,7 @@ async fn fill(store: &MemoryStore, first: u64, n: u64) {
 
 /// The heap that the key and the stored response take by themselves, held the way the store
 /// holds them (an owned key, a response behind an `Arc`): the rest of a record's heap is the
-/// cache's entry and the store's slot around them.
+/// cache's entry and the store's record around them.
 fn record_alone() -> i64 {
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE.0, HeaderValue::from_static(CONTENT_TYPE.1));
@@ -118,7 +119,7 @@ async fn per_key(n: u64) {
     let record = record_alone() as f64;
     println!(
         "{n:>9} keys  {per_key:>5.0} B/key held  payload {payload:.0} B  overhead {:>4.0} B/key \
-         (key + response objects {:.0}, cache entry + slot {:.0})  weight charged {:>4.0} B/key  ({:.1} s)",
+         (key + response objects {:.0}, cache entry + record {:.0})  weight charged {:>4.0} B/key  ({:.1} s)",
         per_key - payload,
         record - payload,
         per_key - record,
