@@ -286,6 +286,10 @@ impl<O> Context<O> {
 /// (`Path`, `Query`, …) is simply extracted.
 pub struct Last<T>(LastState<T>);
 
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a `Last` lives for one request; boxing the parts would cost an allocation per keyed request to save a few hundred bytes of stack"
+)]
 enum LastState<T> {
     Extracted(T),
     Buffered {
