@@ -33,6 +33,7 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use http::{HeaderValue, Request, StatusCode};
 use http_body_util::BodyExt;
 use idem::config::Idempotency;
+use idem::store::MemoryStore;
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Runtime;
 use tower::ServiceExt;
@@ -141,7 +142,14 @@ struct Bench {
 
 impl Bench {
     fn new(size: usize) -> Self {
-        let idempotency = Idempotency::builder().build().expect("defaults are valid");
+        let mut idempotency = Idempotency::builder();
+        if let Some(bytes) = std::env::var("IDEM_BENCH_STORE_MIB")
+            .ok()
+            .and_then(|mib| mib.parse::<u64>().ok())
+        {
+            idempotency = idempotency.store(MemoryStore::builder().max_bytes(bytes << 20).build());
+        }
+        let idempotency = idempotency.build().expect("defaults are valid");
         Self {
             plain: Router::new().route("/charges", post(charge)),
             idempotent: Router::new()

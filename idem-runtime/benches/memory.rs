@@ -60,7 +60,7 @@ fn key(i: u64) -> StoreKey {
 
 /// The bytes of a stored key that are the application's own: key, header names and values, body.
 fn payload(key: &StoreKey) -> usize {
-    key.key.as_str().len() + CONTENT_TYPE.0.len() + CONTENT_TYPE.1.len() + BODY.len()
+    key.key().as_str().len() + CONTENT_TYPE.0.len() + CONTENT_TYPE.1.len() + BODY.len()
 }
 
 /// Claims and completes `n` keys starting at `first`, the way a request does.

@@ -244,7 +244,7 @@ impl<O> Context<O> {
             if let Some(Record::Done { response, .. }) = request.config.store().peek(&request.key)
                 && response.request_digest() == Some(&digest)
             {
-                tracing::debug!(target: "idem", outcome = "replayed", exact = true, key = %request.key.key, status = response.status().as_u16(), "replaying stored response to a byte-identical retry");
+                tracing::debug!(target: "idem", outcome = "replayed", exact = true, key = %request.key.key(), status = response.status().as_u16(), "replaying stored response to a byte-identical retry");
                 return Err(response.to_response());
             }
             request.digest = Some(digest);
@@ -520,16 +520,16 @@ fn answer_existing(
     record: &Record,
 ) -> Response {
     if record.fingerprint() != fingerprint {
-        tracing::info!(target: "idem", outcome = "mismatch", key = %key.key, "idempotency key reused for a different request");
+        tracing::info!(target: "idem", outcome = "mismatch", key = %key.key(), "idempotency key reused for a different request");
         return Problem::key_reused().into_response();
     }
     match record {
         Record::InFlight { .. } => {
-            tracing::info!(target: "idem", outcome = "conflict", key = %key.key, "request with this idempotency key is in flight");
+            tracing::info!(target: "idem", outcome = "conflict", key = %key.key(), "request with this idempotency key is in flight");
             Problem::in_flight(settings.retry_after).into_response()
         }
         Record::Done { response, .. } => {
-            tracing::debug!(target: "idem", outcome = "replayed", key = %key.key, status = response.status().as_u16(), "replaying stored response");
+            tracing::debug!(target: "idem", outcome = "replayed", key = %key.key(), status = response.status().as_u16(), "replaying stored response");
             response.to_response()
         }
     }
@@ -575,7 +575,7 @@ async fn with_timeout<T>(
 }
 
 fn store_failed(operation: &str, key: &StoreKey, error: &StoreError) -> Response {
-    tracing::error!(target: "idem", outcome = "store_error", operation, key = %key.key, %error, "idempotency store failed; request not processed");
+    tracing::error!(target: "idem", outcome = "store_error", operation, key = %key.key(), %error, "idempotency store failed; request not processed");
     Problem::store_unavailable().into_response()
 }
 
@@ -621,18 +621,18 @@ impl Execution {
         .await;
         match produced {
             Err(_panic) => {
-                tracing::error!(target: "idem", outcome = "panicked", key = %self.key.key, "idempotent handler panicked; key released");
+                tracing::error!(target: "idem", outcome = "panicked", key = %self.key.key(), "idempotent handler panicked; key released");
                 self.record(Outcome::Release).await;
                 Problem::handler_panicked().into_response()
             }
             Ok(Err(error)) => {
-                tracing::error!(target: "idem", outcome = "response_failed", key = %self.key.key, %error, "response body failed; key released");
+                tracing::error!(target: "idem", outcome = "response_failed", key = %self.key.key(), %error, "response body failed; key released");
                 self.record(Outcome::Release).await;
                 Problem::response_failed().into_response()
             }
             Ok(Ok((first, stored))) => {
                 if stored.status().is_server_error() && !self.settings.store_server_errors {
-                    tracing::info!(target: "idem", outcome = "executed", stored = false, key = %self.key.key, status = stored.status().as_u16(), "server error not stored; key released");
+                    tracing::info!(target: "idem", outcome = "executed", stored = false, key = %self.key.key(), status = stored.status().as_u16(), "server error not stored; key released");
                     self.record(Outcome::Release).await;
                 } else {
                     let stored = match self.digest {
@@ -656,7 +656,7 @@ impl Execution {
             return;
         };
         let operation = outcome.operation();
-        tracing::error!(target: "idem", outcome = "store_error", operation, key = %self.key.key, %error, "store write failed; retrying in the background until the lease runs out");
+        tracing::error!(target: "idem", outcome = "store_error", operation, key = %self.key.key(), %error, "store write failed; retrying in the background until the lease runs out");
         tokio::spawn(self.retry(outcome));
     }
 
@@ -668,7 +668,7 @@ impl Execution {
             match self.write(&outcome).await {
                 Ok(()) => return,
                 Err(error) if Instant::now() >= give_up => {
-                    tracing::error!(target: "idem", outcome = "store_error", operation = outcome.operation(), key = %self.key.key, %error, "store write still failing when the lease ran out; giving up");
+                    tracing::error!(target: "idem", outcome = "store_error", operation = outcome.operation(), key = %self.key.key(), %error, "store write still failing when the lease ran out; giving up");
                     return;
                 }
                 Err(_) => pause = (pause * 2).min(Duration::from_secs(1)),
@@ -697,7 +697,7 @@ impl Execution {
             ),
         )
         .await?;
-        let key = &self.key.key;
+        let key = &self.key.key();
         let status = stored.status().as_u16();
         match completion {
             Completion::Stored => {

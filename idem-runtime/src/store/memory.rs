@@ -110,7 +110,7 @@ fn deadline(now: Instant, after: Duration) -> Instant {
 const ENTRY_OVERHEAD: usize = 550;
 
 fn weigh(key: &StoreKey, response: usize) -> u32 {
-    let bytes = ENTRY_OVERHEAD + key.key.as_str().len() + response;
+    let bytes = ENTRY_OVERHEAD + key.key().as_str().len() + response;
     u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 
@@ -255,11 +255,25 @@ impl MemoryStore {
         self.done.entry_count()
     }
 
+    /// The completed record of `key`, if there is one.
+    ///
+    /// Most looks at a key that is new find nothing (a first execution looks three times), and a
+    /// cache `get` that misses still records the miss for the cache's housekeeping, which it then
+    /// runs on the caller's time. `contains_key` records nothing, so a miss costs one probe of
+    /// the table; only a hit pays for a `get`, which marks the record as recently used.
+    fn done(&self, key: &StoreKey) -> Option<Done> {
+        if self.done.contains_key(key) {
+            self.done.get(key)
+        } else {
+            None
+        }
+    }
+
     /// The completed record of `key`, if its TTL is still running at `now`. (The cache drops a
     /// record once its TTL has run out, and never returns it after: where no time has been read
-    /// yet, a plain `get` saves reading the clock again.)
+    /// yet, [`done`](Self::done) saves reading the clock again.)
     fn done_at(&self, key: &StoreKey, now: Instant) -> Option<Done> {
-        self.done.get(key).filter(|done| now < done.expires_at)
+        self.done(key).filter(|done| now < done.expires_at)
     }
 
     /// The number of in-flight entries held, lapsed or not.
@@ -342,7 +356,7 @@ impl IdempotencyStore for MemoryStore {
     ) -> Result<Claim, StoreError> {
         // A completed key (every replay, 422) is answered without the lock: a record in the cache
         // is final, whatever the claim table says.
-        if let Some(done) = self.done.get(key) {
+        if let Some(done) = self.done(key) {
             return Ok(Claim::Existing(done.into_record()));
         }
         let now = Instant::now();
@@ -406,7 +420,7 @@ impl IdempotencyStore for MemoryStore {
     }
 
     async fn lookup(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
-        if let Some(done) = self.done.get(key) {
+        if let Some(done) = self.done(key) {
             return Ok(Some(done.into_record()));
         }
         let now = Instant::now();
@@ -420,7 +434,7 @@ impl IdempotencyStore for MemoryStore {
     }
 
     fn peek(&self, key: &StoreKey) -> Option<Record> {
-        self.done.get(key).map(Done::into_record)
+        self.done(key).map(Done::into_record)
     }
 }
 

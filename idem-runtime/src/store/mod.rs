@@ -25,6 +25,7 @@ mod memory;
 mod redis;
 
 use std::fmt;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,19 +43,67 @@ use crate::replay::StoredResponse;
 use crate::scope::Scope;
 
 /// The identity of a stored record: the caller's scope and the key it sent.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+///
+/// A store key carries its own hash, computed once when it is made: a request's key is looked up
+/// several times on its way (peek, claim, completion), and a hash table that moves its entries
+/// around rehashes them all, so hashing the 32-byte scope and the key every time showed in
+/// profiles. The hash is seeded at random once per process, so a client cannot choose keys that
+/// collide; [`Hash`] writes only it, and equality still compares the scope and the key.
+#[derive(Debug, Clone)]
 pub struct StoreKey {
-    /// Whose key it is.
-    pub scope: Scope,
-    /// The key, as the caller sent it (unquoted).
-    pub key: IdempotencyKey,
+    hash: u64,
+    scope: Scope,
+    key: IdempotencyKey,
 }
 
 impl StoreKey {
     /// The record's identity.
+    ///
+    /// ```
+    /// use idem_runtime::key::IdempotencyKey;
+    /// use idem_runtime::scope::Scope;
+    /// use idem_runtime::store::StoreKey;
+    ///
+    /// let key = IdempotencyKey::parse(b"k1", 255).unwrap();
+    /// let alice = StoreKey::new(Scope::from_identity("alice"), key.clone());
+    /// assert_eq!(alice.key(), &key);
+    /// assert_eq!(alice, StoreKey::new(*alice.scope(), key.clone()));
+    /// assert_ne!(alice, StoreKey::new(Scope::from_identity("bob"), key));
+    /// ```
     #[must_use]
     pub fn new(scope: Scope, key: IdempotencyKey) -> Self {
-        Self { scope, key }
+        static SEED: std::sync::OnceLock<foldhash::quality::FixedState> =
+            std::sync::OnceLock::new();
+        let seed = SEED.get_or_init(|| foldhash::quality::FixedState::with_seed(rand::random()));
+        let hash = seed.hash_one((&scope, &key));
+        Self { hash, scope, key }
+    }
+
+    /// Whose key it is.
+    #[must_use]
+    pub fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    /// The key, as the caller sent it (unquoted).
+    #[must_use]
+    pub fn key(&self) -> &IdempotencyKey {
+        &self.key
+    }
+}
+
+impl PartialEq for StoreKey {
+    fn eq(&self, other: &Self) -> bool {
+        // The hash first: two different keys almost never share it.
+        self.hash == other.hash && self.scope == other.scope && self.key == other.key
+    }
+}
+
+impl Eq for StoreKey {}
+
+impl std::hash::Hash for StoreKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
     }
 }
 

@@ -248,7 +248,7 @@ impl RedisStore {
             return;
         }
         let weight =
-            u32::try_from(response.weight() + key.key.as_str().len() + 160).unwrap_or(u32::MAX);
+            u32::try_from(response.weight() + key.key().as_str().len() + 160).unwrap_or(u32::MAX);
         let kept = Kept {
             fingerprint,
             response,
