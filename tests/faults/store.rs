@@ -189,7 +189,7 @@ impl IdempotencyStore for FaultyStore {
                 .fresh_claims
                 .lock()
                 .unwrap()
-                .entry(key.key.as_str().to_owned())
+                .entry(key.key().as_str().to_owned())
                 .or_default() += 1;
         }
         Ok(claim)
