@@ -14,8 +14,10 @@
 //! and prints each one's time and CPU time as a ratio of `plain`'s (see `BENCHMARKS.md`).
 //!
 //! `cargo bench --bench handler`. Environment: `IDEM_BENCH_RATIOS_ONLY=1` skips criterion's part,
-//! `IDEM_BENCH_BODIES=100B,10KiB` limits the side-by-side part to those bodies, and
-//! `IDEM_BENCH_PROFILE=first/100B` runs one way alone for five seconds, for a profiler.
+//! `IDEM_BENCH_BODIES=100B,10KiB` limits the side-by-side part to those bodies,
+//! `IDEM_BENCH_PROFILE=first/100B` runs one way alone for five seconds, for a profiler, and
+//! `IDEM_BENCH_STORE_MIB=2048` bounds the store at that many MiB instead of the default 64 (a
+//! bound the run never reaches measures first executions that evict nothing).
 
 // A benchmark's report is its output.
 #![allow(clippy::print_stdout, missing_docs)]
