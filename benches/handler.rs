@@ -292,14 +292,20 @@ fn side_by_side(runtime: &Runtime, quick: bool) {
         }
         let bench = Bench::new(size);
         check(runtime, &bench);
-        // Calibrate: about 40 ms of plain requests per round.
-        let probe = bench.run(runtime, Way::Plain, 20);
-        let per_request = probe.as_secs_f64() / 20.0;
-        let iters = if quick {
-            2
-        } else {
-            ((0.04 / per_request) as u64).clamp(3, 200_000)
-        };
+        // Calibrate each way to about 40 ms per round: a way much faster than plain (a replay of
+        // a large body) would otherwise run for too short a time for the CPU clock, which
+        // counts in hundredths of a second.
+        let iters: Vec<u64> = Way::ALL
+            .iter()
+            .map(|&way| {
+                if quick {
+                    return 2;
+                }
+                let probe = bench.run(runtime, way, 20);
+                let per_request = probe.as_secs_f64() / 20.0;
+                ((0.04 / per_request) as u64).clamp(3, 200_000)
+            })
+            .collect();
         let rounds = if quick { 1 } else { 21 };
         let mut times: Vec<Vec<f64>> = vec![Vec::new(); Way::ALL.len()];
         let mut cpu = vec![Duration::ZERO; Way::ALL.len()];
@@ -308,23 +314,23 @@ fn side_by_side(runtime: &Runtime, quick: bool) {
                 // Rotate the order so that no way always follows another.
                 let w = (i + round) % Way::ALL.len();
                 let before = cpu_time();
-                let elapsed = bench.run(runtime, Way::ALL[w], iters);
+                let elapsed = bench.run(runtime, Way::ALL[w], iters[w]);
                 cpu[w] += cpu_time() - before;
-                times[w].push(elapsed.as_secs_f64() / iters as f64);
+                times[w].push(elapsed.as_secs_f64() / iters[w] as f64);
             }
         }
-        let total = (iters * rounds as u64) as f64;
+        let total = |w: usize| (iters[w] * rounds as u64) as f64;
         let median = |v: &[f64]| {
             let mut v = v.to_vec();
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
         };
-        let plain_cpu = cpu[0].as_secs_f64() / total;
+        let plain_cpu = cpu[0].as_secs_f64() / total(0);
         for (w, way) in Way::ALL.iter().enumerate() {
             let ratios: Vec<f64> = times[w].iter().zip(&times[0]).map(|(t, p)| t / p).collect();
             let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
             let hi = ratios.iter().copied().fold(0.0, f64::max);
-            let cpu_per = cpu[w].as_secs_f64() / total;
+            let cpu_per = cpu[w].as_secs_f64() / total(w);
             println!(
                 "{:<6} {:<7} {:>10.2}µs {:>6.2}x {:>4.2}-{:<4.2} {:>10.2}µs {:>6.2}x",
                 label,
