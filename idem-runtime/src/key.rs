@@ -137,8 +137,14 @@ fn parse_bare(value: &[u8]) -> Result<String, KeyError> {
             byte: value[position],
         });
     }
-    // Every byte is ASCII, so this cannot fail.
-    Ok(value.iter().map(|&b| char::from(b)).collect())
+    // One allocation of the exact size. Every byte is printable ASCII, so the UTF-8 check passes.
+    String::from_utf8(value.to_vec()).map_err(|error| {
+        let position = error.utf8_error().valid_up_to();
+        KeyError::InvalidByte {
+            position,
+            byte: value[position],
+        }
+    })
 }
 
 fn parse_quoted(value: &[u8]) -> Result<String, KeyError> {

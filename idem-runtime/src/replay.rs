@@ -182,12 +182,16 @@ impl StoredResponse {
         let StoredBody::Kept(body) = &self.body else {
             return crate::problem::Problem::response_not_kept(self).into_response();
         };
+        // Sized for the stored headers and the replay mark at once: a clone of the stored map
+        // would have to grow to take the mark.
+        let mut headers = HeaderMap::with_capacity(self.headers.len() + 1);
+        for (name, value) in &self.headers {
+            headers.append(name.clone(), value.clone());
+        }
+        headers.insert(REPLAYED, HeaderValue::from_static("true"));
         let mut response = Response::new(Body::from(body.clone()));
         *response.status_mut() = self.status;
-        *response.headers_mut() = self.headers.clone();
-        response
-            .headers_mut()
-            .insert(REPLAYED, HeaderValue::from_static("true"));
+        *response.headers_mut() = headers;
         response
     }
 
