@@ -145,11 +145,11 @@ struct Bench {
 impl Bench {
     fn new(size: usize) -> Self {
         let mut idempotency = Idempotency::builder();
-        if let Some(bytes) = std::env::var("IDEM_BENCH_STORE_MIB")
+        if let Some(mib) = std::env::var("IDEM_BENCH_STORE_MIB")
             .ok()
             .and_then(|mib| mib.parse::<u64>().ok())
         {
-            idempotency = idempotency.store(MemoryStore::builder().max_bytes(bytes << 20).build());
+            idempotency = idempotency.store(MemoryStore::builder().max_bytes(mib << 20).build());
         }
         let idempotency = idempotency.build().expect("defaults are valid");
         Self {

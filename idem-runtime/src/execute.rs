@@ -697,7 +697,7 @@ impl Execution {
             ),
         )
         .await?;
-        let key = &self.key.key();
+        let key = self.key.key();
         let status = stored.status().as_u16();
         match completion {
             Completion::Stored => {

@@ -114,11 +114,11 @@ fn weigh(key: &StoreKey, response: usize) -> u32 {
     u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 
-/// How keys are hashed, by the cache, the claim table's maps and its choice of shard. The cache
-/// hashes a key on every operation and rehashes its whole table as evictions leave holes in it,
-/// so the hash function's speed shows on every request; std's SipHash spent more time there than
-/// any other part of a claim. foldhash is several times faster on these 70-byte keys and, seeded
-/// at random per table, gives a client no way to predict which keys collide.
+/// How keys are hashed, by the cache, the claim table's maps and its choice of shard. A
+/// [`StoreKey`] hashes as the one word it carries, computed once from its scope and key with a
+/// seed drawn at random per process, so these tables only mix that word; the cache does so on
+/// every probe and again for every entry when it rehashes its table, and foldhash is cheaper
+/// there than std's SipHash.
 type KeyHasher = foldhash::quality::RandomState;
 
 struct DoneExpiry;
