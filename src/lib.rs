@@ -130,7 +130,7 @@
 //! ```
 //!
 //! The runtime's modules are re-exported here: [`key`], [`scope`], [`fingerprint`], [`store`],
-//! [`replay`], [`problem`], [`config`] and [`execute`].
+//! [`replay`], [`problem`] and [`config`].
 
 pub use idem_runtime::*;
 

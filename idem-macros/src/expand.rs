@@ -5,7 +5,7 @@ use std::time::Duration;
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned as _;
-use syn::{ItemFn, ReturnType};
+use syn::{Item, ItemFn, ReturnType};
 
 use crate::ast::Handler;
 use crate::attr::{Args, Conflict, HttpMethod};
@@ -14,12 +14,17 @@ use crate::valid;
 
 /// Parses, checks and expands one `#[idempotent(args)] input`.
 pub(crate) fn idempotent(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
-    let item: ItemFn = syn::parse2(input).map_err(|_| {
-        syn::Error::new(
-            Span::call_site(),
-            "`#[idempotent]` applies to an `async fn` handler",
-        )
-    })?;
+    // A function that does not parse (half-typed code in an editor) keeps syn's own error, which
+    // points into it; any other item is not what the attribute is for.
+    let item = match syn::parse2::<Item>(input)? {
+        Item::Fn(item) => item,
+        _ => {
+            return Err(syn::Error::new(
+                Span::call_site(),
+                "`#[idempotent]` applies to an `async fn` handler",
+            ));
+        }
+    };
     let mut cx = Ctxt::default();
     let args = Args::parse(args, &mut cx);
     let handler = Handler::from_item(item, &mut cx);
@@ -178,7 +183,9 @@ fn options(args: &Args, private: &TokenStream) -> TokenStream {
     field("required", args.required.then(|| some(quote!(true))));
     field(
         "header",
-        args.header.as_ref().map(|header| some(quote!(#header))),
+        args.header
+            .as_ref()
+            .map(|header| some(quote!(#private::HeaderName::from_static(#header)))),
     );
     field(
         "store_server_errors",

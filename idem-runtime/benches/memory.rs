@@ -23,6 +23,7 @@
 #![allow(clippy::print_stdout, missing_docs)]
 
 use std::alloc::System;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,7 +32,7 @@ use idem_runtime::fingerprint::Fingerprint;
 use idem_runtime::key::IdempotencyKey;
 use idem_runtime::replay::StoredResponse;
 use idem_runtime::scope::Scope;
-use idem_runtime::store::{Claim, IdempotencyStore, MemoryStore, StoreKey};
+use idem_runtime::store::{Claim, ClaimToken, Completed, IdempotencyStore, MemoryStore, StoreKey};
 use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 
 #[global_allocator]
@@ -68,25 +69,28 @@ async fn fill(store: &MemoryStore, first: u64, n: u64) {
     let fingerprint = Fingerprint::from_bytes([7; 32]);
     for i in first..first + n {
         let key = key(i);
-        let Claim::Fresh(token) = store.claim(&key, &fingerprint, LEASE).await.expect("claim")
-        else {
-            panic!("key {i} is fresh");
-        };
+        let token = ClaimToken::random();
+        let claim = store.claim(&key, &fingerprint, token, LEASE).await;
+        assert_eq!(claim.expect("claim"), Claim::Fresh, "key {i} is fresh");
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE.0, HeaderValue::from_static(CONTENT_TYPE.1));
         // A body in an allocation of its own, as a captured response body is.
         let body = Bytes::from(BODY.as_bytes().to_vec());
-        let response = StoredResponse::new(StatusCode::CREATED, headers, body);
+        let completed = Completed {
+            fingerprint,
+            request_digest: None,
+            response: StoredResponse::new(StatusCode::CREATED, headers, body),
+        };
         store
-            .complete(&key, token, &fingerprint, &response, TTL)
+            .complete(&key, token, Arc::new(completed), TTL)
             .await
             .expect("complete");
     }
 }
 
-/// The heap that the key and the stored response take by themselves, held the way the store
-/// holds them (an owned key, a response behind an `Arc`): the rest of a record's heap is the
-/// cache's entry and the store's record around them.
+/// The heap that the key and the completed record take by themselves, held the way the store
+/// holds them (an owned key, the record behind an `Arc`): the rest of a record's heap is the
+/// cache's entry around them.
 fn record_alone() -> i64 {
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE.0, HeaderValue::from_static(CONTENT_TYPE.1));
@@ -95,13 +99,17 @@ fn record_alone() -> i64 {
         headers,
         Bytes::from(BODY.as_bytes().to_vec()),
     );
-    // The store keeps a clone of the captured response (a header map cloned holds no spare
-    // capacity), while the original goes to the first caller.
     let before = live_bytes();
-    let held = (key(0), std::sync::Arc::new(response.clone()));
+    let held = (
+        key(0),
+        Arc::new(Completed {
+            fingerprint: Fingerprint::from_bytes([7; 32]),
+            request_digest: None,
+            response,
+        }),
+    );
     let bytes = live_bytes() - before;
     drop(held);
-    drop(response);
     bytes
 }
 
@@ -110,8 +118,8 @@ async fn per_key(n: u64) {
     let started = Instant::now();
     let store = MemoryStore::builder().max_bytes(1 << 40).build();
     fill(&store, 0, n).await;
-    let entries = store.entry_count().await;
-    let weighted = store.weighted_size().await;
+    let entries = store.entry_count();
+    let weighted = store.weighted_size();
     let held = live_bytes() - before;
     assert_eq!(entries, n, "a store this large evicts nothing");
     let per_key = held as f64 / n as f64;
@@ -138,7 +146,7 @@ async fn flood(keys: u64, bound: u64) {
     for c in 0..10 {
         fill(&store, (1 << 40) + c * chunk, chunk).await;
         // Evictions run in the store's housekeeping; measure once it has caught up.
-        let _ = store.weighted_size().await;
+        let _ = store.weighted_size();
         let held = live_bytes() - before;
         peak = peak.max(held);
         progress.push(format!("{:.2}", held as f64 / bound as f64));
@@ -147,8 +155,8 @@ async fn flood(keys: u64, bound: u64) {
         "flood: heap held / bound after each tenth: {}",
         progress.join(" ")
     );
-    let weighted = store.weighted_size().await;
-    let entries = store.entry_count().await;
+    let weighted = store.weighted_size();
+    let entries = store.entry_count();
     let held = live_bytes() - before;
     println!(
         "flood: {keys} unique keys into a {} MiB store: {entries} kept, weight {weighted} B, heap held {held} B ({:.2} x bound), peak {:.2} x bound",

@@ -33,7 +33,9 @@ use idem_runtime::fingerprint::Fingerprint;
 use idem_runtime::key::IdempotencyKey;
 use idem_runtime::replay::StoredResponse;
 use idem_runtime::scope::Scope;
-use idem_runtime::store::{Claim, IdempotencyStore, MemoryStore, RedisStore, StoreKey};
+use idem_runtime::store::{
+    Claim, ClaimToken, Completed, IdempotencyStore, MemoryStore, RedisStore, StoreKey,
+};
 use redis_server::RedisServer;
 use tokio::runtime::Runtime;
 
@@ -64,11 +66,16 @@ fn response(body_len: usize) -> StoredResponse {
 /// A completed key in `store`.
 async fn completed(store: &dyn IdempotencyStore, body_len: usize) -> StoreKey {
     let key = fresh_key();
-    let Claim::Fresh(token) = store.claim(&key, &FINGERPRINT, LEASE).await.expect("claim") else {
-        panic!("the key is fresh");
+    let token = ClaimToken::random();
+    let claim = store.claim(&key, &FINGERPRINT, token, LEASE).await;
+    assert_eq!(claim.expect("claim"), Claim::Fresh, "the key is fresh");
+    let completed = Completed {
+        fingerprint: FINGERPRINT,
+        request_digest: None,
+        response: response(body_len),
     };
     store
-        .complete(&key, token, &FINGERPRINT, &response(body_len), TTL)
+        .complete(&key, token, Arc::new(completed), TTL)
         .await
         .expect("complete");
     key
@@ -122,7 +129,10 @@ fn replay(c: &mut Criterion, rt: &Runtime, stores: &[(&str, Arc<dyn IdempotencyS
             let id = BenchmarkId::new(*name, format!("{body_len}B"));
             group.bench_with_input(id, &key, |b, key| {
                 b.to_async(rt).iter(|| async {
-                    let claim = store.claim(key, &FINGERPRINT, LEASE).await.expect("claim");
+                    let claim = store
+                        .claim(key, &FINGERPRINT, ClaimToken::random(), LEASE)
+                        .await
+                        .expect("claim");
                     assert!(matches!(claim, Claim::Existing(_)));
                     black_box(claim)
                 });
@@ -138,7 +148,7 @@ fn fresh_claim(c: &mut Criterion, rt: &Runtime, stores: &[(&str, Arc<dyn Idempot
         group.bench_function(*name, |b| {
             b.to_async(rt).iter(|| async {
                 let claim = store
-                    .claim(&fresh_key(), &FINGERPRINT, LEASE)
+                    .claim(&fresh_key(), &FINGERPRINT, ClaimToken::random(), LEASE)
                     .await
                     .expect("claim");
                 black_box(claim)

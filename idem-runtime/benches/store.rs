@@ -25,8 +25,8 @@
 #![allow(missing_docs)]
 
 use std::hint::black_box;
-use std::sync::Barrier;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
@@ -35,7 +35,7 @@ use idem_runtime::fingerprint::Fingerprint;
 use idem_runtime::key::IdempotencyKey;
 use idem_runtime::replay::StoredResponse;
 use idem_runtime::scope::Scope;
-use idem_runtime::store::{Claim, ClaimToken, IdempotencyStore, MemoryStore, StoreKey};
+use idem_runtime::store::{Claim, ClaimToken, Completed, IdempotencyStore, MemoryStore, StoreKey};
 use tokio::runtime::Runtime;
 
 const LEASE: Duration = Duration::from_secs(300);
@@ -65,6 +65,16 @@ fn response() -> StoredResponse {
     )
 }
 
+/// The record a request completes with, built as the runtime builds it: once, from the captured
+/// response.
+fn completed(response: StoredResponse) -> Arc<Completed> {
+    Arc::new(Completed {
+        fingerprint: FINGERPRINT,
+        request_digest: None,
+        response,
+    })
+}
+
 fn runtime() -> Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -73,8 +83,13 @@ fn runtime() -> Runtime {
 }
 
 async fn claim(store: &MemoryStore, key: &StoreKey) -> ClaimToken {
-    match store.claim(key, &FINGERPRINT, LEASE).await.expect("claim") {
-        Claim::Fresh(token) => token,
+    let token = ClaimToken::random();
+    match store
+        .claim(key, &FINGERPRINT, token, LEASE)
+        .await
+        .expect("claim")
+    {
+        Claim::Fresh => token,
         Claim::Existing(_) => panic!("the key is fresh"),
     }
 }
@@ -131,7 +146,7 @@ fn worker(store: &MemoryStore, op: Op, iters: u64, start: &Barrier, hot: &StoreK
                 for (key, token) in &claimed {
                     if let Op::Complete = op {
                         let done = store
-                            .complete(key, *token, &FINGERPRINT, &response, TTL)
+                            .complete(key, *token, completed(response.clone()), TTL)
                             .await
                             .expect("complete");
                         black_box(done);
@@ -176,7 +191,7 @@ fn benches(c: &mut Criterion) {
     runtime().block_on(async {
         let token = claim(&store, &hot).await;
         store
-            .complete(&hot, token, &FINGERPRINT, &response(), TTL)
+            .complete(&hot, token, completed(response()), TTL)
             .await
             .expect("complete");
     });

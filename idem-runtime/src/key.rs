@@ -183,12 +183,14 @@ fn parse_quoted(value: &[u8]) -> Result<String, KeyError> {
 }
 
 /// Why an `Idempotency-Key` header was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyError {
     /// The value is empty (or `""`).
+    #[error("the key is empty; send 1 or more visible ASCII characters")]
     Empty,
     /// The key is longer than the handler allows.
+    #[error("the key is {len} characters long; at most {max} are allowed")]
     TooLong {
         /// The key's length, in characters.
         len: usize,
@@ -197,6 +199,10 @@ pub enum KeyError {
     },
     /// A byte that may not appear in a key: a control character, a space outside quotes, or a
     /// non-ASCII byte.
+    #[error(
+        "byte {position} of the key is {} (0x{byte:02X}); keys are visible ASCII characters",
+        describe(*.byte)
+    )]
     InvalidByte {
         /// Zero-based offset of the byte in the header value.
         position: usize,
@@ -204,41 +210,21 @@ pub enum KeyError {
         byte: u8,
     },
     /// The value starts with `"` but is not a valid RFC 8941 string.
+    #[error("malformed quoted key: {0}")]
     Malformed(&'static str),
     /// The header was sent more than once.
+    #[error("the header was sent more than once; send exactly one key")]
     Repeated,
     /// The handler requires a key and the request has none.
+    #[error("this endpoint requires an idempotency key")]
     Missing,
 }
 
-impl fmt::Display for KeyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Empty => f.write_str("the key is empty; send 1 or more visible ASCII characters"),
-            Self::TooLong { len, max } => {
-                write!(
-                    f,
-                    "the key is {len} characters long; at most {max} are allowed"
-                )
-            }
-            Self::InvalidByte { position, byte } => {
-                let what = match byte {
-                    b' ' => "a space (allowed only inside a quoted key)",
-                    0x00..=0x1F | 0x7F => "a control character",
-                    _ => "a non-ASCII byte",
-                };
-                write!(
-                    f,
-                    "byte {position} of the key is {what} (0x{byte:02X}); keys are visible ASCII characters"
-                )
-            }
-            Self::Malformed(why) => write!(f, "malformed quoted key: {why}"),
-            Self::Repeated => {
-                f.write_str("the header was sent more than once; send exactly one key")
-            }
-            Self::Missing => f.write_str("this endpoint requires an idempotency key"),
-        }
+/// What kind of byte a refused one is, for [`KeyError::InvalidByte`]'s message.
+fn describe(byte: u8) -> &'static str {
+    match byte {
+        b' ' => "a space (allowed only inside a quoted key)",
+        0x00..=0x1F | 0x7F => "a control character",
+        _ => "a non-ASCII byte",
     }
 }
-
-impl std::error::Error for KeyError {}

@@ -57,7 +57,6 @@ use http::{HeaderValue, StatusCode, header::RETRY_AFTER};
 use http_api_problem::HttpApiProblem;
 
 use crate::key::KeyError;
-use crate::replay::{StoredBody, StoredResponse};
 
 const TYPE_BASE: &str = "https://docs.rs/idem/latest/idem/problem/index.html#";
 
@@ -130,14 +129,11 @@ impl Problem {
         )
     }
 
-    /// `410`: the original request completed but its body was too large to keep.
+    /// `410`: the original request completed with `original_status`, but its body of `len`
+    /// bytes was too large to keep.
     #[must_use]
-    pub fn response_not_kept(original: &StoredResponse) -> Self {
-        let len = match original.body() {
-            StoredBody::Dropped { len } => *len,
-            StoredBody::Kept(bytes) => bytes.len() as u64,
-        };
-        let status = original.status().as_u16();
+    pub fn response_not_kept(original_status: StatusCode, len: u64) -> Self {
+        let status = original_status.as_u16();
         let mut problem = Self::new(
             StatusCode::GONE,
             "response-not-kept",
@@ -187,7 +183,7 @@ impl Problem {
 
     /// `500`: an input could not be encoded for the fingerprint; the handler did not run.
     #[must_use]
-    pub fn fingerprint_failed(reason: &str) -> Self {
+    pub fn fingerprint_failed(reason: &dyn std::fmt::Display) -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "fingerprint-failed",

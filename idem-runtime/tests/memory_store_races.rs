@@ -3,6 +3,8 @@
 
 #![allow(missing_docs)]
 
+#[path = "support/claims.rs"]
+mod claims;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +13,9 @@ use idem_runtime::fingerprint::Fingerprint;
 use idem_runtime::key::IdempotencyKey;
 use idem_runtime::replay::StoredResponse;
 use idem_runtime::scope::Scope;
-use idem_runtime::store::{Claim, Completion, IdempotencyStore, MemoryStore, Record, StoreKey};
+use idem_runtime::store::{Completion, IdempotencyStore, MemoryStore, Record, StoreKey};
+
+use crate::claims::{Claimed, Claims as _};
 use tokio::sync::Barrier;
 
 const LONG: Duration = Duration::from_secs(600);
@@ -39,15 +43,17 @@ async fn claim_together(store: &Arc<MemoryStore>, k: &StoreKey, tasks: usize) ->
             let (store, k, start) = (Arc::clone(store), k.clone(), Arc::clone(&start));
             tokio::spawn(async move {
                 start.wait().await;
-                store.claim(&k, &fp(1), LONG).await.unwrap()
+                store.claim_new(&k, &fp(1), LONG).await.unwrap()
             })
         })
         .collect();
     let mut fresh = 0;
     for handle in handles {
         match handle.await.unwrap() {
-            Claim::Fresh(_) => fresh += 1,
-            Claim::Existing(record) => assert_eq!(record, Record::InFlight { fingerprint: fp(1) }),
+            Claimed::Fresh(_) => fresh += 1,
+            Claimed::Existing(record) => {
+                assert_eq!(record, Record::InFlight { fingerprint: fp(1) })
+            }
         }
     }
     fresh
@@ -67,8 +73,8 @@ async fn of_many_concurrent_claims_on_a_lapsed_key_exactly_one_is_fresh() {
     let store = Arc::new(MemoryStore::default());
     for round in 0..10 {
         let k = key(&format!("lapsed-{round}"));
-        let Claim::Fresh(_) = store
-            .claim(&k, &fp(1), Duration::from_millis(1))
+        let Claimed::Fresh(_) = store
+            .claim_new(&k, &fp(1), Duration::from_millis(1))
             .await
             .unwrap()
         else {
@@ -106,13 +112,15 @@ fn a_claim_racing_the_completion_never_finds_the_key_free() {
                 let mut fault = None;
                 for round in 0..ROUNDS {
                     let k = key(&format!("moving-{round}"));
-                    let claim = store.claim(&k, &fp(1), LONG).await.unwrap();
+                    let claim = store.claim_new(&k, &fp(1), LONG).await.unwrap();
                     start.wait();
-                    let Claim::Fresh(token) = claim else {
+                    let Claimed::Fresh(token) = claim else {
                         fault.get_or_insert(format!("round {round}: the new key was taken"));
                         continue;
                     };
-                    let done = store.complete(&k, token, &fp(1), &response(), LONG).await;
+                    let done = store
+                        .complete_response(&k, token, &fp(1), &response(), LONG)
+                        .await;
                     if done.unwrap() != Completion::Stored {
                         fault.get_or_insert(format!("round {round}: the completion was refused"));
                     }
@@ -154,19 +162,19 @@ async fn claim_until_done(
     in_flight: &mut usize,
 ) -> Result<(), String> {
     for _ in 0..claims {
-        match store.claim(k, &fp(2), LONG).await.unwrap() {
-            Claim::Fresh(_) => return Err("a claim found the key free mid-completion".into()),
-            Claim::Existing(Record::InFlight { fingerprint }) if fingerprint == fp(1) => {
+        match store.claim_new(k, &fp(2), LONG).await.unwrap() {
+            Claimed::Fresh(_) => return Err("a claim found the key free mid-completion".into()),
+            Claimed::Existing(Record::InFlight { fingerprint }) if fingerprint == fp(1) => {
                 *in_flight += 1;
             }
-            Claim::Existing(Record::Done { fingerprint, .. }) if fingerprint == fp(1) => {
+            Claimed::Existing(Record::Done(completed)) if completed.fingerprint == fp(1) => {
                 // The lookup sees the move the same way.
                 return match store.lookup(k).await.unwrap() {
-                    Some(Record::Done { .. }) => Ok(()),
+                    Some(Record::Done(_)) => Ok(()),
                     other => Err(format!("the lookup after the claim found {other:?}")),
                 };
             }
-            Claim::Existing(other) => return Err(format!("a claim found {other:?}")),
+            Claimed::Existing(other) => return Err(format!("a claim found {other:?}")),
         }
     }
     Err("the completion never landed".into())

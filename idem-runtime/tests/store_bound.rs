@@ -1,5 +1,7 @@
 //! The in-memory store is bounded in bytes: a flood of unique keys evicts old records.
 
+#[path = "support/claims.rs"]
+mod claims;
 mod support;
 
 use std::sync::Arc;
@@ -9,7 +11,9 @@ use idem_runtime::fingerprint::Fingerprint;
 use idem_runtime::key::IdempotencyKey;
 use idem_runtime::replay::StoredResponse;
 use idem_runtime::scope::Scope;
-use idem_runtime::store::{Claim, Completion, IdempotencyStore, MemoryStore, StoreKey};
+use idem_runtime::store::{Completion, MemoryStore, StoreKey};
+
+use crate::claims::{Claimed, Claims as _};
 use serde_json::json;
 use support::{Harness, post_json};
 
@@ -25,8 +29,8 @@ async fn weighted_size_stays_under_the_bound_under_a_flood() {
             IdempotencyKey::parse(format!("flood-{n}").as_bytes(), 255).unwrap(),
         );
         let fp = Fingerprint::from_bytes([1; 32]);
-        let Claim::Fresh(token) = store
-            .claim(&key, &fp, Duration::from_secs(60))
+        let Claimed::Fresh(token) = store
+            .claim_new(&key, &fp, Duration::from_secs(60))
             .await
             .unwrap()
         else {
@@ -38,15 +42,15 @@ async fn weighted_size_stays_under_the_bound_under_a_flood() {
             body.clone(),
         );
         let done = store
-            .complete(&key, token, &fp, &response, Duration::from_secs(3600))
+            .complete_response(&key, token, &fp, &response, Duration::from_secs(3600))
             .await
             .unwrap();
         assert_eq!(done, Completion::Stored);
     }
-    let size = store.weighted_size().await;
+    let size = store.weighted_size();
     assert!(size <= BOUND, "{size} bytes held, bound {BOUND}");
     // Records of more than 2 KiB each: at most 128 fit in 256 KiB, the rest were evicted.
-    let count = store.entry_count().await;
+    let count = store.entry_count();
     assert!(count > 0 && count <= BOUND / 2048, "{count} records held");
 }
 
@@ -65,7 +69,7 @@ async fn the_service_keeps_answering_when_the_store_is_full() {
             .await;
         assert_eq!(answer.status, 201);
     }
-    assert!(store.weighted_size().await <= 64 * 1024);
+    assert!(store.weighted_size() <= 64 * 1024);
     // The newest key is still replayable.
     let last = app
         .send(post_json(

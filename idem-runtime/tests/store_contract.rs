@@ -4,6 +4,8 @@
 
 #![allow(missing_docs)]
 
+#[path = "support/claims.rs"]
+mod claims;
 #[cfg(feature = "redis")]
 #[path = "support/redis_server.rs"]
 mod redis_server;
@@ -13,11 +15,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
-use idem_runtime::fingerprint::Fingerprint;
+use idem_runtime::fingerprint::{Fingerprint, RequestDigest};
 use idem_runtime::key::IdempotencyKey;
 use idem_runtime::replay::StoredResponse;
 use idem_runtime::scope::Scope;
-use idem_runtime::store::{Claim, ClaimToken, Completion, IdempotencyStore, Record, StoreKey};
+use idem_runtime::store::{
+    Claim, ClaimToken, Completed, Completion, IdempotencyStore, Record, StoreKey,
+};
+
+use crate::claims::{Claimed, Claims as _};
 
 const LONG: Duration = Duration::from_secs(600);
 const SHORT: Duration = Duration::from_millis(50);
@@ -51,18 +57,15 @@ async fn fresh(
     fingerprint: &Fingerprint,
     lease: Duration,
 ) -> ClaimToken {
-    match store.claim(key, fingerprint, lease).await.unwrap() {
-        Claim::Fresh(token) => token,
-        Claim::Existing(record) => panic!("expected a fresh claim, found {record:?}"),
+    match store.claim_new(key, fingerprint, lease).await.unwrap() {
+        Claimed::Fresh(token) => token,
+        Claimed::Existing(record) => panic!("expected a fresh claim, found {record:?}"),
     }
 }
 
-fn done(record: Option<Record>) -> (Fingerprint, Arc<StoredResponse>) {
+fn done(record: Option<Record>) -> (Fingerprint, StoredResponse) {
     match record {
-        Some(Record::Done {
-            fingerprint,
-            response,
-        }) => (fingerprint, response),
+        Some(Record::Done(completed)) => (completed.fingerprint, completed.response.clone()),
         other => panic!("expected a done record, found {other:?}"),
     }
 }
@@ -74,7 +77,7 @@ async fn claim_after_lease(
     fingerprint: &Fingerprint,
 ) -> ClaimToken {
     for _ in 0..POLLS {
-        if let Claim::Fresh(token) = store.claim(key, fingerprint, LONG).await.unwrap() {
+        if let Claimed::Fresh(token) = store.claim_new(key, fingerprint, LONG).await.unwrap() {
             return token;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -91,14 +94,16 @@ async fn concurrent_claims_on_a_free_key_give_exactly_one_fresh(store: Arc<dyn I
         .map(|_| {
             let store = Arc::clone(&store);
             let k = k.clone();
-            tokio::spawn(async move { store.claim(&k, &fp(1), LONG).await.unwrap() })
+            tokio::spawn(async move { store.claim_new(&k, &fp(1), LONG).await.unwrap() })
         })
         .collect();
     let mut fresh = 0;
     for task in tasks {
         match task.await.unwrap() {
-            Claim::Fresh(_) => fresh += 1,
-            Claim::Existing(record) => assert_eq!(record, Record::InFlight { fingerprint: fp(1) }),
+            Claimed::Fresh(_) => fresh += 1,
+            Claimed::Existing(record) => {
+                assert_eq!(record, Record::InFlight { fingerprint: fp(1) })
+            }
         }
     }
     assert_eq!(fresh, 1, "exactly one of {CLAIMS} concurrent claims wins");
@@ -111,8 +116,8 @@ async fn a_claimed_key_answers_the_in_flight_record_with_its_fingerprint(
     fresh(&*store, &k, &fp(1), LONG).await;
     for other in [fp(1), fp(2)] {
         assert_eq!(
-            store.claim(&k, &other, LONG).await.unwrap(),
-            Claim::Existing(Record::InFlight { fingerprint: fp(1) })
+            store.claim_new(&k, &other, LONG).await.unwrap(),
+            Claimed::Existing(Record::InFlight { fingerprint: fp(1) })
         );
     }
     assert_eq!(
@@ -129,20 +134,20 @@ async fn complete_stores_under_the_claim_token_and_claims_then_see_it(
     let stored = response(r#"{"id":"ch_1"}"#);
     assert_eq!(
         store
-            .complete(&k, token, &fp(1), &stored, LONG)
+            .complete_response(&k, token, &fp(1), &stored, LONG)
             .await
             .unwrap(),
         Completion::Stored
     );
 
     let (fingerprint, kept) = done(store.lookup(&k).await.unwrap());
-    assert_eq!((fingerprint, &*kept), (fp(1), &stored));
-    match store.claim(&k, &fp(2), LONG).await.unwrap() {
-        Claim::Existing(Record::Done {
-            fingerprint,
-            response,
-        }) => {
-            assert_eq!((fingerprint, &*response), (fp(1), &stored));
+    assert_eq!((fingerprint, &kept), (fp(1), &stored));
+    match store.claim_new(&k, &fp(2), LONG).await.unwrap() {
+        Claimed::Existing(Record::Done(completed)) => {
+            assert_eq!(
+                (completed.fingerprint, &completed.response),
+                (fp(1), &stored)
+            );
         }
         other => panic!("a completed key answers its record, found {other:?}"),
     }
@@ -157,7 +162,7 @@ async fn complete_with_another_token_is_refused_and_writes_nothing(
     assert_ne!(stranger, token);
     assert_eq!(
         store
-            .complete(&k, stranger, &fp(1), &response("stolen"), LONG)
+            .complete_response(&k, stranger, &fp(1), &response("stolen"), LONG)
             .await
             .unwrap(),
         Completion::LeaseLost
@@ -170,14 +175,14 @@ async fn complete_with_another_token_is_refused_and_writes_nothing(
     // A completed record is never overwritten, not even by its own token.
     assert_eq!(
         store
-            .complete(&k, token, &fp(1), &response("first"), LONG)
+            .complete_response(&k, token, &fp(1), &response("first"), LONG)
             .await
             .unwrap(),
         Completion::Stored
     );
     assert_eq!(
         store
-            .complete(&k, token, &fp(1), &response("second"), LONG)
+            .complete_response(&k, token, &fp(1), &response("second"), LONG)
             .await
             .unwrap(),
         Completion::LeaseLost
@@ -201,7 +206,7 @@ async fn complete_without_a_record_stores(store: Arc<dyn IdempotencyStore>) {
     assert_eq!(store.lookup(&k).await.unwrap(), None, "the lease ran out");
     assert_eq!(
         store
-            .complete(&k, token, &fp(1), &response("late"), LONG)
+            .complete_response(&k, token, &fp(1), &response("late"), LONG)
             .await
             .unwrap(),
         Completion::Stored
@@ -234,13 +239,13 @@ async fn release_frees_the_key_only_under_the_claim_token(store: Arc<dyn Idempot
 
     // Nor does any token release a completed record.
     store
-        .complete(&k, next, &fp(2), &response("kept"), LONG)
+        .complete_response(&k, next, &fp(2), &response("kept"), LONG)
         .await
         .unwrap();
     store.release(&k, next).await.unwrap();
     assert!(matches!(
         store.lookup(&k).await.unwrap(),
-        Some(Record::Done { .. })
+        Some(Record::Done(_))
     ));
 }
 
@@ -256,7 +261,7 @@ async fn a_lapsed_lease_is_taken_over_and_the_late_owner_loses(store: Arc<dyn Id
 
     assert_eq!(
         store
-            .complete(&k, late, &fp(1), &response("late"), LONG)
+            .complete_response(&k, late, &fp(1), &response("late"), LONG)
             .await
             .unwrap(),
         Completion::LeaseLost,
@@ -270,14 +275,14 @@ async fn a_lapsed_lease_is_taken_over_and_the_late_owner_loses(store: Arc<dyn Id
 
     assert_eq!(
         store
-            .complete(&k, owner, &fp(1), &response("owner"), LONG)
+            .complete_response(&k, owner, &fp(1), &response("owner"), LONG)
             .await
             .unwrap(),
         Completion::Stored
     );
     assert_eq!(
         store
-            .complete(&k, late, &fp(1), &response("late"), LONG)
+            .complete_response(&k, late, &fp(1), &response("late"), LONG)
             .await
             .unwrap(),
         Completion::LeaseLost,
@@ -293,7 +298,7 @@ async fn a_result_is_forgotten_after_its_ttl(store: Arc<dyn IdempotencyStore>) {
     let k = key("ttl");
     let token = fresh(&*store, &k, &fp(1), LONG).await;
     store
-        .complete(&k, token, &fp(1), &response("short-lived"), SHORT)
+        .complete_response(&k, token, &fp(1), &response("short-lived"), SHORT)
         .await
         .unwrap();
     for _ in 0..POLLS {
@@ -329,16 +334,71 @@ async fn responses_come_back_exactly_as_stored(store: Arc<dyn IdempotencyStore>)
         let k = key(&format!("round-trip-{i}"));
         let token = fresh(&*store, &k, &fp(3), LONG).await;
         store
-            .complete(&k, token, &fp(3), stored, LONG)
+            .complete_response(&k, token, &fp(3), stored, LONG)
             .await
             .unwrap();
         let (_, kept) = done(store.lookup(&k).await.unwrap());
-        assert_eq!(&*kept, stored);
+        assert_eq!(&kept, stored);
         assert!(kept.headers().get("set-cookie").is_none());
         assert_eq!(
             kept.headers().get_all("x-charge").iter().count(),
             if i == 1 { 0 } else { 2 }
         );
+    }
+}
+
+async fn a_claim_repeated_under_its_own_token_is_fresh_again(store: Arc<dyn IdempotencyStore>) {
+    let k = key("repeated-claim");
+    let token = ClaimToken::random();
+    // The first claim's answer may be lost on the way back; the same request claims again.
+    assert_eq!(
+        store.claim(&k, &fp(1), token, LONG).await.unwrap(),
+        Claim::Fresh
+    );
+    assert_eq!(
+        store.claim(&k, &fp(1), token, LONG).await.unwrap(),
+        Claim::Fresh,
+        "a claim recognises its own record"
+    );
+    assert_eq!(
+        store.claim_new(&k, &fp(1), LONG).await.unwrap(),
+        Claimed::Existing(Record::InFlight { fingerprint: fp(1) }),
+        "another request still finds the key held"
+    );
+    let completed = Arc::new(Completed {
+        fingerprint: fp(1),
+        request_digest: None,
+        response: response("once"),
+    });
+    assert_eq!(
+        store.complete(&k, token, completed, LONG).await.unwrap(),
+        Completion::Stored
+    );
+    assert!(
+        matches!(
+            store.claim(&k, &fp(1), token, LONG).await.unwrap(),
+            Claim::Existing(Record::Done(_))
+        ),
+        "a completed key is never claimed again, not even by its own token"
+    );
+}
+
+async fn the_request_digest_is_kept_beside_the_response(store: Arc<dyn IdempotencyStore>) {
+    let k = key("digest");
+    let token = fresh(&*store, &k, &fp(1), LONG).await;
+    let digest = RequestDigest::from_bytes([0x5a; 32]);
+    let completed = Arc::new(Completed {
+        fingerprint: fp(1),
+        request_digest: Some(digest),
+        response: response("digested"),
+    });
+    store.complete(&k, token, completed, LONG).await.unwrap();
+    match store.lookup(&k).await.unwrap() {
+        Some(Record::Done(kept)) => {
+            assert_eq!(kept.request_digest, Some(digest));
+            assert_eq!(kept.response, response("digested"));
+        }
+        other => panic!("expected the completed record, found {other:?}"),
     }
 }
 
@@ -348,7 +408,7 @@ async fn scopes_keep_equal_keys_apart(store: Arc<dyn IdempotencyStore>) {
     let bob = StoreKey::new(Scope::from_identity("bob"), name);
     let token = fresh(&*store, &alice, &fp(1), LONG).await;
     store
-        .complete(&alice, token, &fp(1), &response("alice's"), LONG)
+        .complete_response(&alice, token, &fp(1), &response("alice's"), LONG)
         .await
         .unwrap();
     assert_eq!(store.lookup(&bob).await.unwrap(), None);
@@ -404,6 +464,8 @@ contract!(
     a_lapsed_lease_is_taken_over_and_the_late_owner_loses,
     a_result_is_forgotten_after_its_ttl,
     responses_come_back_exactly_as_stored,
+    a_claim_repeated_under_its_own_token_is_fresh_again,
+    the_request_digest_is_kept_beside_the_response,
     scopes_keep_equal_keys_apart,
 );
 
@@ -450,7 +512,7 @@ mod redis_records {
 
         let stored = response("{}");
         store
-            .complete(&k, token, &fp(1), &stored, Duration::from_secs(3600))
+            .complete_response(&k, token, &fp(1), &stored, Duration::from_secs(3600))
             .await
             .unwrap();
         let fields: std::collections::HashMap<String, Vec<u8>> =
@@ -479,7 +541,7 @@ mod redis_records {
             .await
             .unwrap();
 
-        let claim = store.claim(&k, &fp(1), LONG).await;
+        let claim = store.claim_new(&k, &fp(1), LONG).await;
         let error = claim
             .expect_err("an unreadable record must not be claimed over")
             .to_string();
@@ -489,7 +551,7 @@ mod redis_records {
         let token = ClaimToken::random();
         assert_eq!(
             store
-                .complete(&k, token, &fp(1), &response("x"), LONG)
+                .complete_response(&k, token, &fp(1), &response("x"), LONG)
                 .await
                 .unwrap(),
             Completion::LeaseLost,
@@ -551,7 +613,7 @@ mod redis_records {
         let mut raw = target.raw().await;
         let k = key("not-a-hash");
         let _: () = raw.set(store.redis_key(&k), "plain string").await.unwrap();
-        assert!(store.claim(&k, &fp(1), LONG).await.is_err());
+        assert!(store.claim_new(&k, &fp(1), LONG).await.is_err());
         assert!(store.lookup(&k).await.is_err());
         assert!(store.release(&k, ClaimToken::random()).await.is_err());
     }
@@ -583,7 +645,7 @@ mod redis_records {
         let k = key("tiered");
         let token = fresh(&store, &k, &fp(1), LONG).await;
         store
-            .complete(&k, token, &fp(1), &response("kept"), LONG)
+            .complete_response(&k, token, &fp(1), &response("kept"), LONG)
             .await
             .unwrap();
 
@@ -593,8 +655,8 @@ mod redis_records {
             done(store.lookup(&k).await.unwrap()).1.body(),
             response("kept").body()
         );
-        match store.claim(&k, &fp(2), LONG).await.unwrap() {
-            Claim::Existing(Record::Done { fingerprint, .. }) => assert_eq!(fingerprint, fp(1)),
+        match store.claim_new(&k, &fp(2), LONG).await.unwrap() {
+            Claimed::Existing(Record::Done(completed)) => assert_eq!(completed.fingerprint, fp(1)),
             other => panic!("the tier answers the done record, found {other:?}"),
         }
 
@@ -629,12 +691,12 @@ mod redis_records {
             Some(Record::InFlight { .. })
         ));
         writer
-            .complete(&k, token, &fp(1), &response("theirs"), LONG)
+            .complete_response(&k, token, &fp(1), &response("theirs"), LONG)
             .await
             .unwrap();
         assert!(matches!(
-            reader.claim(&k, &fp(1), LONG).await.unwrap(),
-            Claim::Existing(Record::Done { .. })
+            reader.claim_new(&k, &fp(1), LONG).await.unwrap(),
+            Claimed::Existing(Record::Done(_))
         ));
 
         let _: () = raw.del(writer.redis_key(&k)).await.unwrap();

@@ -27,20 +27,16 @@
 //! ```
 
 mod canonical;
+mod input;
 
-use std::collections::HashMap;
 use std::fmt;
 
-use axum::Json;
-use axum::extract::{
-    ConnectInfo, Extension, Form, MatchedPath, OriginalUri, Path, Query, RawForm, RawQuery, State,
-};
-use bytes::Bytes;
-use http::{HeaderMap, Method, Uri, Version};
+use http::Method;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use self::canonical::Sink;
+pub use self::input::FingerprintInput;
 
 /// A request's fingerprint: 32 bytes of SHA-256.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -238,8 +234,17 @@ impl Sink for Hasher {
 pub struct Fingerprinter {
     hasher: Hasher,
     inputs: u32,
-    error: Option<String>,
+    error: Option<FingerprintError>,
 }
+
+/// An input of the request could not be encoded for its fingerprint: its `Serialize`
+/// implementation failed. The request is refused (`500`, [`fingerprint-failed`]) rather than
+/// risk matching a different request.
+///
+/// [`fingerprint-failed`]: crate::problem#fingerprint-failed
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FingerprintError(String);
 
 impl Fingerprinter {
     /// Starts a fingerprint with the request's method, matched route template (if the router
@@ -278,7 +283,8 @@ impl Fingerprinter {
     pub fn value<T: Serialize + ?Sized>(&mut self, value: &T) {
         self.hasher.put(&[field::VALUE]);
         if let Err(error) = canonical::encode(value, &mut self.hasher) {
-            self.error.get_or_insert_with(|| error.to_string());
+            self.error
+                .get_or_insert_with(|| FingerprintError(error.to_string()));
         }
     }
 
@@ -286,8 +292,8 @@ impl Fingerprinter {
     ///
     /// # Errors
     ///
-    /// The message of the first `Serialize` error met by [`Fingerprinter::value`].
-    pub fn finish(self) -> Result<Fingerprint, String> {
+    /// [`FingerprintError`], with the first `Serialize` error met by [`Fingerprinter::value`].
+    pub fn finish(self) -> Result<Fingerprint, FingerprintError> {
         match self.error {
             Some(error) => Err(error),
             None => Ok(Fingerprint(self.hasher.finish())),
@@ -301,145 +307,6 @@ impl fmt::Debug for Fingerprinter {
             .field("inputs", &self.inputs)
             .finish_non_exhaustive()
     }
-}
-
-/// A handler argument's contribution to the request fingerprint.
-///
-/// Implemented for axum's input extractors (`Json<T>`, `Form<T>`, `Query<T>`, `Path<T>` with
-/// `T: Serialize`, `String`, `Bytes`, `RawForm`) and, contributing nothing, for extractors that read
-/// no client input (`State`, `Extension`, `MatchedPath`, `Method`, `HeaderMap`, `ConnectInfo`, …).
-///
-/// Implement it for your own extractor by feeding what it reads from the request:
-///
-/// ```
-/// use idem_runtime::fingerprint::{FingerprintInput, Fingerprinter};
-///
-/// /// The `X-Customer` header, read by an extractor of the application's.
-/// struct Customer(String);
-///
-/// impl FingerprintInput for Customer {
-///     fn fingerprint(&self, fp: &mut Fingerprinter) {
-///         fp.bytes(self.0.as_bytes());
-///     }
-/// }
-/// ```
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be part of the idempotency fingerprint",
-    label = "idem does not know whether this extractor reads client input",
-    note = "implement `idem::FingerprintInput` for `{Self}`: feed what it reads from the request with `fp.value(..)` or `fp.bytes(..)`, or nothing if it reads no client input",
-    note = "or leave the argument out of the fingerprint with `#[idem(skip)]` on it"
-)]
-pub trait FingerprintInput {
-    /// Whether this input is determined by the request's method, route, path, query,
-    /// `Content-Type` and body bytes alone (or reads no client input at all), and extracting it
-    /// does nothing but produce it.
-    ///
-    /// When every fingerprinted input of a handler says so, a retry that repeats a completed
-    /// request byte for byte (the same [`RequestDigest`]) is replayed without extracting its body
-    /// again. `false` by default, which is always safe: an extractor that reads a header, or
-    /// checks a signature, keeps every retry on the full path.
-    const FROM_REQUEST_BYTES: bool = false;
-
-    /// Feeds this argument's part of the request into `fp`.
-    fn fingerprint(&self, fp: &mut Fingerprinter);
-}
-
-macro_rules! serialized_input {
-    ($($extractor:ident),*) => {$(
-        impl<T: Serialize> FingerprintInput for $extractor<T> {
-            const FROM_REQUEST_BYTES: bool = true;
-
-            fn fingerprint(&self, fp: &mut Fingerprinter) {
-                fp.value(&self.0);
-            }
-        }
-    )*};
-}
-
-serialized_input!(Json, Form, Query, Path);
-
-impl FingerprintInput for String {
-    const FROM_REQUEST_BYTES: bool = true;
-
-    fn fingerprint(&self, fp: &mut Fingerprinter) {
-        fp.bytes(self.as_bytes());
-    }
-}
-
-impl FingerprintInput for Bytes {
-    const FROM_REQUEST_BYTES: bool = true;
-
-    fn fingerprint(&self, fp: &mut Fingerprinter) {
-        fp.bytes(self);
-    }
-}
-
-impl FingerprintInput for RawForm {
-    const FROM_REQUEST_BYTES: bool = true;
-
-    fn fingerprint(&self, fp: &mut Fingerprinter) {
-        fp.bytes(&self.0);
-    }
-}
-
-impl<K: Serialize, V: Serialize, H> FingerprintInput for HashMap<K, V, H> {
-    fn fingerprint(&self, fp: &mut Fingerprinter) {
-        fp.value(self);
-    }
-}
-
-impl<T: FingerprintInput> FingerprintInput for Option<T> {
-    const FROM_REQUEST_BYTES: bool = T::FROM_REQUEST_BYTES;
-
-    fn fingerprint(&self, fp: &mut Fingerprinter) {
-        match self {
-            Some(input) => {
-                fp.value(&true);
-                input.fingerprint(fp);
-            }
-            None => fp.value(&false),
-        }
-    }
-}
-
-impl<T: FingerprintInput, E> FingerprintInput for Result<T, E> {
-    const FROM_REQUEST_BYTES: bool = T::FROM_REQUEST_BYTES;
-
-    /// A rejected optional extractor contributes a marker only: the handler saw no input.
-    fn fingerprint(&self, fp: &mut Fingerprinter) {
-        match self {
-            Ok(input) => {
-                fp.value(&true);
-                input.fingerprint(fp);
-            }
-            Err(_) => fp.value(&false),
-        }
-    }
-}
-
-macro_rules! non_input {
-    ($($ty:ty $(, $param:ident)?;)*) => {$(
-        impl$(<$param>)? FingerprintInput for $ty {
-            const FROM_REQUEST_BYTES: bool = true;
-
-            /// Reads no client input (or only what the fingerprint already covers: the method,
-            /// path and query): contributes nothing.
-            fn fingerprint(&self, _fp: &mut Fingerprinter) {}
-        }
-    )*};
-}
-
-non_input! {
-    State<S>, S;
-    Extension<T>, T;
-    ConnectInfo<T>, T;
-    MatchedPath;
-    OriginalUri;
-    RawQuery;
-    Method;
-    Uri;
-    Version;
-    HeaderMap;
 }
 
 #[cfg(test)]

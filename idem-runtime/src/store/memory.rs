@@ -8,13 +8,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use moka::Expiry;
-use moka::policy::EvictionPolicy;
-use moka::sync::Cache;
 
-use super::{Claim, ClaimToken, Completion, IdempotencyStore, Record, StoreError, StoreKey};
+use super::completed::{CompletedCache, KeyHasher, deadline};
+use super::{
+    Claim, ClaimToken, Completed, Completion, IdempotencyStore, Record, StoreError, StoreKey,
+};
 use crate::fingerprint::Fingerprint;
-use crate::replay::StoredResponse;
 
 /// The default byte bound of a [`MemoryStore`]: 64 MiB.
 pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
@@ -22,7 +21,7 @@ pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// An in-process store: zero set-up, one process.
 ///
 /// - **Completed records in a [moka](https://docs.rs/moka) cache, bounded in bytes.** Each record
-///   weighs its key, headers and body plus a fixed overhead ([`StoredResponse::weight`]); when the
+///   weighs its key, headers and body plus a fixed overhead ([`Completed::weight`]); when the
 ///   total passes [`max_bytes`](MemoryStoreBuilder::max_bytes) (default 64 MiB) the least recently
 ///   used records are evicted. An evicted completed record means a late retry runs the handler
 ///   again, so size the bound for your TTL and traffic, or use a shared store. A record expires
@@ -49,42 +48,9 @@ pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// ```
 #[derive(Clone)]
 pub struct MemoryStore {
-    done: Cache<StoreKey, Done, KeyHasher>,
+    done: CompletedCache,
     claims: Arc<ClaimTable>,
     max_bytes: u64,
-}
-
-/// A completed record, as the cache holds it.
-#[derive(Debug, Clone)]
-struct Done {
-    fingerprint: Fingerprint,
-    response: Arc<StoredResponse>,
-    expires_at: Instant,
-    weight: u32,
-}
-
-impl Done {
-    fn new(
-        key: &StoreKey,
-        fingerprint: Fingerprint,
-        response: &StoredResponse,
-        now: Instant,
-        ttl: Duration,
-    ) -> Self {
-        Self {
-            weight: weigh(key, response.weight()),
-            fingerprint,
-            response: Arc::new(response.clone()),
-            expires_at: deadline(now, ttl),
-        }
-    }
-
-    fn into_record(self) -> Record {
-        Record::Done {
-            fingerprint: self.fingerprint,
-            response: self.response,
-        }
-    }
 }
 
 /// A claim whose handler is running (or whose lease ran out).
@@ -93,50 +59,6 @@ struct InFlight {
     token: ClaimToken,
     fingerprint: Fingerprint,
     lease_ends: Instant,
-}
-
-fn deadline(now: Instant, after: Duration) -> Instant {
-    // A TTL too large for the clock is as good as forever.
-    now.checked_add(after)
-        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
-}
-
-/// The fixed cost of a completed record beyond its key and response: the cache's own entry (its
-/// hash-table bucket, the shared key, the access-order and timer-wheel nodes), the record with
-/// its expiry and fingerprint, the `Arc` around the response and the allocator's rounding.
-/// Measured with a counting allocator by the `memory` bench of this crate: a small completed
-/// record holds about 790 bytes of heap, of which `StoredResponse::weight` and the key account for
-/// about 310; the rest, and a margin for the table itself, is this constant.
-const ENTRY_OVERHEAD: usize = 550;
-
-fn weigh(key: &StoreKey, response: usize) -> u32 {
-    let bytes = ENTRY_OVERHEAD + key.key().as_str().len() + response;
-    u32::try_from(bytes).unwrap_or(u32::MAX)
-}
-
-/// How keys are hashed, by the cache, the claim table's maps and its choice of shard. A
-/// [`StoreKey`] hashes as the one word it carries, computed once from its scope and key with a
-/// seed drawn at random per process, so these tables only mix that word; the cache does so on
-/// every probe and again for every entry when it rehashes its table, and foldhash is cheaper
-/// there than std's SipHash.
-type KeyHasher = foldhash::quality::RandomState;
-
-struct DoneExpiry;
-
-impl Expiry<StoreKey, Done> for DoneExpiry {
-    fn expire_after_create(&self, _: &StoreKey, done: &Done, now: Instant) -> Option<Duration> {
-        Some(done.expires_at.saturating_duration_since(now))
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &StoreKey,
-        done: &Done,
-        now: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(done.expires_at.saturating_duration_since(now))
-    }
 }
 
 /// The in-flight claims: a power-of-two number of shards, each a map under a mutex. A key's shard
@@ -243,37 +165,16 @@ impl MemoryStore {
 
     /// The total weight of the completed records held, in bytes, once pending evictions have run.
     /// In-flight claims are not counted.
-    pub async fn weighted_size(&self) -> u64 {
-        self.done.run_pending_tasks();
+    #[must_use]
+    pub fn weighted_size(&self) -> u64 {
         self.done.weighted_size()
     }
 
     /// The number of completed records held, once pending evictions have run. In-flight claims are
     /// not counted.
-    pub async fn entry_count(&self) -> u64 {
-        self.done.run_pending_tasks();
+    #[must_use]
+    pub fn entry_count(&self) -> u64 {
         self.done.entry_count()
-    }
-
-    /// The completed record of `key`, if there is one.
-    ///
-    /// Most looks at a key that is new find nothing (a first execution looks three times), and a
-    /// cache `get` that misses still records the miss for the cache's housekeeping, which it then
-    /// runs on the caller's time. `contains_key` records nothing, so a miss costs one probe of
-    /// the table; only a hit pays for a `get`, which marks the record as recently used.
-    fn done(&self, key: &StoreKey) -> Option<Done> {
-        if self.done.contains_key(key) {
-            self.done.get(key)
-        } else {
-            None
-        }
-    }
-
-    /// The completed record of `key`, if its TTL is still running at `now`. (The cache drops a
-    /// record once its TTL has run out, and never returns it after: where no time has been read
-    /// yet, [`done`](Self::done) saves reading the clock again.)
-    fn done_at(&self, key: &StoreKey, now: Instant) -> Option<Done> {
-        self.done(key).filter(|done| now < done.expires_at)
     }
 
     /// The number of in-flight entries held, lapsed or not.
@@ -330,16 +231,8 @@ impl MemoryStoreBuilder {
     }
 
     fn build_with_shards(self, shards: usize) -> MemoryStore {
-        let done = Cache::builder()
-            .max_capacity(self.max_bytes)
-            .weigher(|_: &StoreKey, done: &Done| done.weight)
-            .expire_after(DoneExpiry)
-            // Retries come soon after the original: recency is the signal that matters. TinyLFU's
-            // admission filter would turn away the newest record, the one most likely needed.
-            .eviction_policy(EvictionPolicy::lru())
-            .build_with_hasher(KeyHasher::default());
         MemoryStore {
-            done,
+            done: CompletedCache::new(self.max_bytes),
             claims: Arc::new(ClaimTable::new(shards)),
             max_bytes: self.max_bytes,
         }
@@ -352,54 +245,53 @@ impl IdempotencyStore for MemoryStore {
         &self,
         key: &StoreKey,
         fingerprint: &Fingerprint,
+        token: ClaimToken,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         // A completed key (every replay, 422) is answered without the lock: a record in the cache
         // is final, whatever the claim table says.
-        if let Some(done) = self.done(key) {
-            return Ok(Claim::Existing(done.into_record()));
+        if let Some(done) = self.done.get(key) {
+            return Ok(Claim::Existing(Record::Done(done)));
         }
         let now = Instant::now();
         let mut claims = self.claims.lock(key);
-        if let Some(held) = claims.live(key, now) {
+        if let Some(held) = claims.live(key, now)
+            && held.token != token
+        {
             return Ok(Claim::Existing(Record::InFlight {
                 fingerprint: held.fingerprint,
             }));
         }
         // A completion may have moved the key into the cache since the first look; under the lock
         // no other can.
-        if let Some(done) = self.done_at(key, now) {
-            return Ok(Claim::Existing(done.into_record()));
+        if let Some(done) = self.done.get_at(key, now) {
+            return Ok(Claim::Existing(Record::Done(done)));
         }
-        let token = ClaimToken::random();
         let held = InFlight {
             token,
             fingerprint: *fingerprint,
             lease_ends: deadline(now, lease),
         };
-        // Replaces a claim whose lease ran out, if there is one.
+        // Replaces a claim whose lease ran out, or this token's own, if there is one.
         claims.insert(key.clone(), held, now);
-        Ok(Claim::Fresh(token))
+        Ok(Claim::Fresh)
     }
 
     async fn complete(
         &self,
         key: &StoreKey,
         token: ClaimToken,
-        fingerprint: &Fingerprint,
-        response: &StoredResponse,
+        completed: Arc<Completed>,
         ttl: Duration,
     ) -> Result<Completion, StoreError> {
         let now = Instant::now();
-        // Built before taking the lock: copying the response is the slow part.
-        let done = Done::new(key, *fingerprint, response, now, ttl);
         let mut claims = self.claims.lock(key);
         let ours = match claims.map.get(key) {
             Some(held) if held.token == token => true,
             Some(held) if now < held.lease_ends => false,
             // The lease lapsed (ours or a later claim's) and nobody holds the key: the result is
             // kept, unless another request completed it meanwhile.
-            _ => self.done_at(key, now).is_none(),
+            _ => self.done.get_at(key, now).is_none(),
         };
         if !ours {
             return Ok(Completion::LeaseLost);
@@ -407,7 +299,7 @@ impl IdempotencyStore for MemoryStore {
         // Both steps happen under the shard's lock, which every claim of the key takes before it
         // looks at the claim table: none sees the key between them.
         let key = claims.remove(key).unwrap_or_else(|| key.clone());
-        self.done.insert(key, done);
+        self.done.insert(key, completed, now, ttl);
         Ok(Completion::Stored)
     }
 
@@ -420,8 +312,8 @@ impl IdempotencyStore for MemoryStore {
     }
 
     async fn lookup(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
-        if let Some(done) = self.done(key) {
-            return Ok(Some(done.into_record()));
+        if let Some(done) = self.done.get(key) {
+            return Ok(Some(Record::Done(done)));
         }
         let now = Instant::now();
         let claims = self.claims.lock(key);
@@ -430,11 +322,11 @@ impl IdempotencyStore for MemoryStore {
                 fingerprint: held.fingerprint,
             }));
         }
-        Ok(self.done_at(key, now).map(Done::into_record))
+        Ok(self.done.get_at(key, now).map(Record::Done))
     }
 
-    fn peek(&self, key: &StoreKey) -> Option<Record> {
-        self.done(key).map(Done::into_record)
+    fn peek(&self, key: &StoreKey) -> Option<Arc<Completed>> {
+        self.done.get(key)
     }
 }
 
@@ -442,6 +334,7 @@ impl IdempotencyStore for MemoryStore {
 mod tests {
     use super::*;
     use crate::key::IdempotencyKey;
+    use crate::replay::StoredResponse;
     use crate::scope::Scope;
 
     fn key(name: &str) -> StoreKey {
@@ -452,6 +345,14 @@ mod tests {
     }
 
     const FP: Fingerprint = Fingerprint::from_bytes([1; 32]);
+
+    fn completed(status: http::StatusCode) -> Arc<Completed> {
+        Arc::new(Completed {
+            fingerprint: FP,
+            request_digest: None,
+            response: StoredResponse::new(status, http::HeaderMap::new(), "{}".into()),
+        })
+    }
 
     #[tokio::test]
     async fn lapsed_claims_nobody_takes_over_are_swept() {
@@ -466,11 +367,12 @@ mod tests {
                     .claim(
                         &key(&format!("k-{round}-{i}")),
                         &FP,
+                        ClaimToken::random(),
                         Duration::from_millis(1),
                     )
                     .await
                     .unwrap();
-                assert!(matches!(claim, Claim::Fresh(_)));
+                assert_eq!(claim, Claim::Fresh);
                 most = most.max(store.in_flight_len());
             }
             // Every claim of this round lapses before the next round starts.
@@ -487,17 +389,15 @@ mod tests {
     #[tokio::test]
     async fn completion_and_release_leave_nothing_in_the_claim_table() {
         let store = MemoryStore::default();
-        let response =
-            StoredResponse::new(http::StatusCode::OK, http::HeaderMap::new(), "{}".into());
+        let completed = completed(http::StatusCode::OK);
         for i in 0..100 {
             let k = key(&format!("c-{i}"));
-            let Claim::Fresh(token) = store.claim(&k, &FP, Duration::from_secs(60)).await.unwrap()
-            else {
-                panic!("fresh key");
-            };
+            let token = ClaimToken::random();
+            let claim = store.claim(&k, &FP, token, Duration::from_secs(60)).await;
+            assert_eq!(claim.unwrap(), Claim::Fresh);
             if i % 2 == 0 {
                 let done = store
-                    .complete(&k, token, &FP, &response, Duration::from_secs(60))
+                    .complete(&k, token, Arc::clone(&completed), Duration::from_secs(60))
                     .await
                     .unwrap();
                 assert_eq!(done, Completion::Stored);
@@ -506,7 +406,7 @@ mod tests {
             }
         }
         assert_eq!(store.in_flight_len(), 0);
-        assert_eq!(store.entry_count().await, 50);
+        assert_eq!(store.entry_count(), 50);
     }
 
     #[tokio::test]
@@ -514,26 +414,16 @@ mod tests {
         let store = MemoryStore::default();
         let k = key("peeked");
         assert_eq!(store.peek(&k), None);
-        let Claim::Fresh(token) = store.claim(&k, &FP, Duration::from_secs(60)).await.unwrap()
-        else {
-            panic!("fresh key");
-        };
+        let token = ClaimToken::random();
+        let claim = store.claim(&k, &FP, token, Duration::from_secs(60)).await;
+        assert_eq!(claim.unwrap(), Claim::Fresh);
         assert_eq!(store.peek(&k), None, "an in-flight claim is not peeked");
-        let response = StoredResponse::new(
-            http::StatusCode::CREATED,
-            http::HeaderMap::new(),
-            "{}".into(),
-        );
+        let completed = completed(http::StatusCode::CREATED);
         store
-            .complete(&k, token, &FP, &response, Duration::from_secs(60))
+            .complete(&k, token, Arc::clone(&completed), Duration::from_secs(60))
             .await
             .unwrap();
-        match store.peek(&k) {
-            Some(Record::Done {
-                fingerprint,
-                response: kept,
-            }) => assert_eq!((fingerprint, &*kept), (FP, &response)),
-            other => panic!("a completed record is peeked, found {other:?}"),
-        }
+        let peeked = store.peek(&k).expect("a completed record is peeked");
+        assert!(Arc::ptr_eq(&peeked, &completed), "the very record stored");
     }
 }

@@ -7,19 +7,23 @@
 //!
 //! | operation | atomic rule |
 //! |---|---|
-//! | [`claim`](IdempotencyStore::claim) | create an in-flight record with a fresh [`ClaimToken`] if none exists (or the existing one's lease ran out); otherwise return the existing record |
+//! | [`claim`](IdempotencyStore::claim) | create an in-flight record under the caller's [`ClaimToken`] if none exists (or the existing one's lease ran out, or it carries the same token); otherwise return the existing record |
 //! | [`complete`](IdempotencyStore::complete) | replace the in-flight record with the done one, only if the record still holds this token (or has lapsed and nobody claimed it since) |
 //! | [`release`](IdempotencyStore::release) | delete the record, only if it still holds this token |
 //! | [`lookup`](IdempotencyStore::lookup) | read the record |
 //!
+//! A completed record ([`Completed`]) is built once, behind an [`Arc`], and handed to the store:
+//! the in-memory tiers keep that very `Arc`.
+//!
 //! [`MemoryStore`] (moka, one process) is the default. With the `redis` feature, `RedisStore` shares
-//! claims and results between every instance of a service. Other stores — Postgres, DynamoDB —
-//! implement the same trait outside this crate; the record format they need is
+//! claims and results between every instance of a service. Other stores — DynamoDB, say —
+//! implement the same trait outside this crate; the response format they need is
 //! [`StoredResponse::encode`] / [`StoredResponse::decode`].
 //!
 //! [`Scope`]: crate::scope::Scope
 //! [`IdempotencyKey`]: crate::key::IdempotencyKey
 
+mod completed;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
@@ -37,7 +41,7 @@ pub use self::redis::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOCAL_TIER_BYTES, DEFAULT_PREFIX, DEFAULT_RESPONSE_TIMEOUT,
     RedisStore, RedisStoreBuilder,
 };
-use crate::fingerprint::Fingerprint;
+use crate::fingerprint::{Fingerprint, RequestDigest};
 use crate::key::IdempotencyKey;
 use crate::replay::StoredResponse;
 use crate::scope::Scope;
@@ -115,11 +119,15 @@ impl fmt::Display for StoreKey {
 }
 
 /// Proof of a claim: only the request holding it may complete or release the record.
+///
+/// The runtime draws one per request before it claims the key and passes it to
+/// [`claim`](IdempotencyStore::claim), so that a claim repeated by the same request (after a
+/// store call whose answer was lost) recognises its own record instead of blocking on it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClaimToken(u128);
 
 impl ClaimToken {
-    /// A new random token (128 bits from the operating system's generator).
+    /// A new random token (128 bits from a generator seeded by the operating system).
     #[must_use]
     pub fn random() -> Self {
         Self(rand::random())
@@ -151,6 +159,30 @@ impl fmt::Display for ClaimToken {
     }
 }
 
+/// A completed request, as kept for replay: who it was, and what its handler answered.
+///
+/// Built once by the runtime and shared, behind an [`Arc`], by every store tier that keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completed {
+    /// The fingerprint of the request that completed.
+    pub fingerprint: Fingerprint,
+    /// The digest of that request's exact bytes, when every input of its handler is determined
+    /// by them: a retry with the same digest may be replayed before its body is parsed (see
+    /// [`FingerprintInput::FROM_REQUEST_BYTES`](crate::fingerprint::FingerprintInput::FROM_REQUEST_BYTES)).
+    pub request_digest: Option<RequestDigest>,
+    /// What its handler answered.
+    pub response: StoredResponse,
+}
+
+impl Completed {
+    /// An estimate of the memory the record holds beyond its key, in bytes: what bounds a
+    /// byte-limited store.
+    #[must_use]
+    pub fn weight(&self) -> usize {
+        std::mem::size_of::<Self>() + self.response.heap_weight()
+    }
+}
+
 /// A record as the store holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
@@ -159,13 +191,8 @@ pub enum Record {
         /// The fingerprint of the request that holds the claim.
         fingerprint: Fingerprint,
     },
-    /// A request with this fingerprint completed; its response is kept for replay.
-    Done {
-        /// The fingerprint of the request that completed.
-        fingerprint: Fingerprint,
-        /// What its handler answered.
-        response: Arc<StoredResponse>,
-    },
+    /// A request completed; its response is kept for replay.
+    Done(Arc<Completed>),
 }
 
 impl Record {
@@ -173,7 +200,8 @@ impl Record {
     #[must_use]
     pub fn fingerprint(&self) -> &Fingerprint {
         match self {
-            Self::InFlight { fingerprint } | Self::Done { fingerprint, .. } => fingerprint,
+            Self::InFlight { fingerprint } => fingerprint,
+            Self::Done(completed) => &completed.fingerprint,
         }
     }
 }
@@ -181,8 +209,9 @@ impl Record {
 /// The outcome of [`IdempotencyStore::claim`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// The key was free and is now claimed by the caller: run the handler.
-    Fresh(ClaimToken),
+    /// The key was free, or already held by this very token, and is now claimed by the caller:
+    /// run the handler.
+    Fresh,
     /// Another request already holds or completed the key.
     Existing(Record),
 }
@@ -200,7 +229,8 @@ pub enum Completion {
 ///
 /// The request is answered `503 Service Unavailable` and its handler is not run: without a claim
 /// there is no guarantee against a second execution, so the layer fails closed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{message}{}", .source.as_ref().map(|source| format!(": {source}")).unwrap_or_default())]
 pub struct StoreError {
     message: String,
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
@@ -229,66 +259,69 @@ impl StoreError {
     }
 }
 
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.source {
-            Some(source) => write!(f, "{}: {source}", self.message),
-            None => f.write_str(&self.message),
-        }
-    }
-}
-
-impl std::error::Error for StoreError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|e| e as _)
-    }
-}
-
 /// The storage behind idempotency: atomic claims, compare-and-set completion, release, lookup.
 ///
 /// Every operation must be atomic with respect to the others on the same [`StoreKey`], across
 /// every process that shares the store. A store never interprets the response it keeps.
 ///
+/// # Writing a store
+///
+/// A store outside this crate (DynamoDB, another database) implements the five operations with
+/// the rules in the [module docs](self), and passes the contract tests this crate runs against
+/// its own stores. Keep the [`ClaimToken`] the runtime hands to `claim` with the in-flight record:
+/// it is what `complete`, `release` and a repeated `claim` compare. A store that keeps bytes
+/// encodes the response with [`StoredResponse::encode`] and keeps the fingerprint and the
+/// request digest beside it.
+///
 /// ```
+/// use std::sync::Arc;
 /// use std::time::Duration;
 /// use idem_runtime::fingerprint::Fingerprint;
 /// use idem_runtime::key::IdempotencyKey;
 /// use idem_runtime::replay::StoredResponse;
 /// use idem_runtime::scope::Scope;
-/// use idem_runtime::store::{Claim, Completion, IdempotencyStore, MemoryStore, Record, StoreKey};
+/// use idem_runtime::store::{
+///     Claim, ClaimToken, Completed, Completion, IdempotencyStore, MemoryStore, Record, StoreKey,
+/// };
 ///
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let store = MemoryStore::default();
 /// let key = StoreKey::new(Scope::ANONYMOUS, IdempotencyKey::parse(b"k1", 255).unwrap());
 /// let fp = Fingerprint::from_bytes([7; 32]);
+/// let lease = Duration::from_secs(60);
 ///
-/// let Claim::Fresh(token) = store.claim(&key, &fp, Duration::from_secs(60)).await.unwrap() else {
-///     panic!("a new key is free");
-/// };
-/// let again = store.claim(&key, &fp, Duration::from_secs(60)).await.unwrap();
-/// assert_eq!(again, Claim::Existing(Record::InFlight { fingerprint: fp }));
+/// let token = ClaimToken::random();
+/// assert_eq!(store.claim(&key, &fp, token, lease).await.unwrap(), Claim::Fresh);
+/// // Another request finds the claim; the same one (a repeated call) recognises its own.
+/// let other = store.claim(&key, &fp, ClaimToken::random(), lease).await.unwrap();
+/// assert_eq!(other, Claim::Existing(Record::InFlight { fingerprint: fp }));
+/// assert_eq!(store.claim(&key, &fp, token, lease).await.unwrap(), Claim::Fresh);
 ///
 /// let response = StoredResponse::new(http::StatusCode::CREATED, http::HeaderMap::new(), "{}".into());
-/// let done = store.complete(&key, token, &fp, &response, Duration::from_secs(3600)).await.unwrap();
+/// let completed = Arc::new(Completed { fingerprint: fp, request_digest: None, response });
+/// let done = store.complete(&key, token, completed, Duration::from_secs(3600)).await.unwrap();
 /// assert_eq!(done, Completion::Stored);
-/// assert!(matches!(store.lookup(&key).await.unwrap(), Some(Record::Done { .. })));
+/// assert!(matches!(store.lookup(&key).await.unwrap(), Some(Record::Done(_))));
 /// # });
 /// ```
 #[async_trait]
 pub trait IdempotencyStore: Send + Sync + 'static {
-    /// Claims `key` for a request with `fingerprint`, for at most `lease`.
+    /// Claims `key` under `token` for a request with `fingerprint`, for at most `lease`.
     ///
-    /// Returns [`Claim::Fresh`] with a new token when no record exists (or the existing in-flight
-    /// record's lease has run out), and the existing record otherwise. Must be atomic: of any
-    /// number of concurrent claims on a free key, exactly one is fresh.
+    /// Returns [`Claim::Fresh`] when no record exists (or the existing in-flight record's lease
+    /// has run out), or when the in-flight record already carries `token` (the same request
+    /// claiming again; its lease starts anew), and the existing record otherwise. Must be atomic:
+    /// of any number of concurrent claims with different tokens on a free key, exactly one is
+    /// fresh.
     async fn claim(
         &self,
         key: &StoreKey,
         fingerprint: &Fingerprint,
+        token: ClaimToken,
         lease: Duration,
     ) -> Result<Claim, StoreError>;
 
-    /// Stores `response` as the result of the claim `token`, to be kept for `ttl`.
+    /// Stores `completed` as the result of the claim `token`, to be kept for `ttl`.
     ///
     /// Writes only if the record is still in flight under `token`, or no record exists (the lease
     /// lapsed and nobody claimed the key since: keeping the result then saves a second execution).
@@ -297,8 +330,7 @@ pub trait IdempotencyStore: Send + Sync + 'static {
         &self,
         key: &StoreKey,
         token: ClaimToken,
-        fingerprint: &Fingerprint,
-        response: &StoredResponse,
+        completed: Arc<Completed>,
         ttl: Duration,
     ) -> Result<Completion, StoreError>;
 
@@ -309,14 +341,14 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     /// Reads the record of `key`, if any (an in-flight record past its lease counts as none).
     async fn lookup(&self, key: &StoreKey) -> Result<Option<Record>, StoreError>;
 
-    /// Reads the record of `key` if the store can answer at once, from this process's memory,
-    /// without I/O; `None` when it cannot (the default) or holds no record.
+    /// Reads the completed record of `key` if the store can answer at once, from this process's
+    /// memory, without I/O; `None` when it cannot (the default) or holds none.
     ///
     /// A hint, never a decision: the layer uses it only to answer a retry that repeats a completed
     /// request byte for byte before parsing its body again, and goes through
     /// [`claim`](Self::claim) whenever it returns `None`. A store without a local copy of its
     /// records keeps the default.
-    fn peek(&self, key: &StoreKey) -> Option<Record> {
+    fn peek(&self, key: &StoreKey) -> Option<Arc<Completed>> {
         let _ = key;
         None
     }

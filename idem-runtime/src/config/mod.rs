@@ -2,7 +2,8 @@
 //!
 //! The application builds one [`Idempotency`] — the store, the scope source and the default
 //! [`Settings`] — and installs it on its router as an [`Extension`](axum::Extension). Each
-//! `#[idempotent(...)]` handler carries [`HandlerOptions`] whose set values override the defaults.
+//! `#[idempotent(...)]` handler carries the options written in its attribute, whose set values
+//! override the defaults.
 //! Without an installed `Idempotency`, handlers use [`Idempotency::global`]: a process-wide
 //! in-memory store and the defaults below, so the zero-configuration case just works.
 //!
@@ -39,11 +40,13 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use http::request::Parts;
-use http::{HeaderName, Method};
+use http::HeaderName;
 
+pub(crate) mod handler;
+
+use self::handler::HandlerOptions;
 use crate::key::{DEFAULT_MAX_KEY_LEN, MAX_KEY_LEN_LIMIT};
-use crate::scope::{AuthorizationScope, Scope, ScopeSource};
+use crate::scope::{AuthorizationScope, ScopeSource};
 use crate::store::{IdempotencyStore, MemoryStore};
 
 /// What a request gets when another request with the same key and fingerprint is still running.
@@ -55,39 +58,6 @@ pub enum ConflictPolicy {
     /// Wait (up to `wait_timeout`) for the first request to finish and replay its response; a
     /// `409` only if it is still running then.
     Wait,
-}
-
-/// The methods a handler applies idempotency to. Requests with other methods pass through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Methods(u8);
-
-impl Methods {
-    /// `POST`.
-    pub const POST: Methods = Methods(1);
-    /// `PUT`.
-    pub const PUT: Methods = Methods(2);
-    /// `PATCH`.
-    pub const PATCH: Methods = Methods(4);
-    /// `POST`, `PUT` and `PATCH`: every method the attribute supports.
-    pub const ALL: Methods = Methods(7);
-
-    /// Both sets together.
-    #[must_use]
-    pub const fn and(self, other: Methods) -> Methods {
-        Methods(self.0 | other.0)
-    }
-
-    /// Whether `method` is in the set.
-    #[must_use]
-    pub fn contains(self, method: &Method) -> bool {
-        let bit = match *method {
-            Method::POST => Self::POST,
-            Method::PUT => Self::PUT,
-            Method::PATCH => Self::PATCH,
-            _ => return false,
-        };
-        self.0 & bit.0 != 0
-    }
 }
 
 /// The effective settings of a request (see the [module docs](self) for each one's meaning).
@@ -137,16 +107,13 @@ impl Default for Settings {
 
 impl Settings {
     /// These settings with every value that `options` sets replacing the default.
-    #[must_use]
-    pub fn with(&self, options: &HandlerOptions) -> Settings {
+    pub(crate) fn with(&self, options: &HandlerOptions) -> Settings {
         Settings {
             ttl: options.ttl.unwrap_or(self.ttl),
             lease: options.lease.unwrap_or(self.lease),
             max_key_len: options.max_key_len.unwrap_or(self.max_key_len),
             required: options.required.unwrap_or(self.required),
-            header: options
-                .header
-                .map_or_else(|| self.header.clone(), HeaderName::from_static),
+            header: options.header.as_ref().unwrap_or(&self.header).clone(),
             store_server_errors: options
                 .store_server_errors
                 .unwrap_or(self.store_server_errors),
@@ -175,69 +142,6 @@ impl Settings {
             }
         }
         Ok(())
-    }
-}
-
-/// One handler's settings, written by `#[idempotent(...)]`: each `Some` overrides the runtime-wide
-/// default.
-///
-/// ```
-/// use std::time::Duration;
-/// use idem_runtime::config::{HandlerOptions, Methods};
-///
-/// const CHARGES: HandlerOptions = HandlerOptions {
-///     ttl: Some(Duration::from_secs(600)),
-///     required: Some(true),
-///     methods: Methods::POST,
-///     ..HandlerOptions::DEFAULT
-/// };
-/// ```
-#[derive(Debug, Clone, Copy)]
-pub struct HandlerOptions {
-    /// The methods idempotency applies to.
-    pub methods: Methods,
-    /// See [`Settings::ttl`].
-    pub ttl: Option<Duration>,
-    /// See [`Settings::lease`].
-    pub lease: Option<Duration>,
-    /// See [`Settings::max_key_len`].
-    pub max_key_len: Option<usize>,
-    /// See [`Settings::required`].
-    pub required: Option<bool>,
-    /// See [`Settings::header`]; a lowercase header name.
-    pub header: Option<&'static str>,
-    /// See [`Settings::store_server_errors`].
-    pub store_server_errors: Option<bool>,
-    /// See [`Settings::conflict`].
-    pub conflict: Option<ConflictPolicy>,
-    /// See [`Settings::wait_timeout`].
-    pub wait_timeout: Option<Duration>,
-    /// See [`Settings::max_body_bytes`].
-    pub max_body_bytes: Option<usize>,
-    /// A scope source for this handler alone, replacing the runtime-wide one.
-    pub scope: Option<fn(&Parts) -> Scope>,
-}
-
-impl HandlerOptions {
-    /// Every method, nothing overridden.
-    pub const DEFAULT: HandlerOptions = HandlerOptions {
-        methods: Methods::ALL,
-        ttl: None,
-        lease: None,
-        max_key_len: None,
-        required: None,
-        header: None,
-        store_server_errors: None,
-        conflict: None,
-        wait_timeout: None,
-        max_body_bytes: None,
-        scope: None,
-    };
-}
-
-impl Default for HandlerOptions {
-    fn default() -> Self {
-        Self::DEFAULT
     }
 }
 
@@ -416,13 +320,6 @@ impl IdempotencyBuilder {
 }
 
 /// An [`IdempotencyBuilder`] setting is out of range.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid idempotency configuration: {0}")]
 pub struct ConfigError(String);
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid idempotency configuration: {}", self.0)
-    }
-}
-
-impl std::error::Error for ConfigError {}

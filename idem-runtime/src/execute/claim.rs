@@ -1,0 +1,135 @@
+//! The claim, and what a key that already has a record answers: a replay, `409`, `422` or `410`.
+
+use std::future::{Future, poll_fn};
+use std::pin::pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use axum::response::Response;
+use tokio::time::{Instant, sleep, timeout};
+
+use crate::config::{ConflictPolicy, Settings};
+use crate::fingerprint::Fingerprint;
+use crate::problem::Problem;
+use crate::replay::NotKept;
+use crate::store::{Claim, ClaimToken, Completed, IdempotencyStore, Record, StoreError, StoreKey};
+
+/// What the claim decided.
+pub(super) enum Decision {
+    /// The key is this request's: run the handler.
+    Run,
+    /// Answer without running the handler.
+    Answer(Response),
+}
+
+/// Claims the key under `token`, and for an existing record decides the answer (replay, 409,
+/// 422), waiting for an in-flight one under [`ConflictPolicy::Wait`].
+pub(super) async fn decide(
+    store: &dyn IdempotencyStore,
+    settings: &Settings,
+    key: &StoreKey,
+    fingerprint: &Fingerprint,
+    token: ClaimToken,
+) -> Decision {
+    let wait_until = Instant::now() + settings.wait_timeout;
+    loop {
+        let claim = store.claim(key, fingerprint, token, settings.lease);
+        let record = match with_timeout(settings, claim).await {
+            Ok(Claim::Fresh) => return Decision::Run,
+            Ok(Claim::Existing(record)) => record,
+            Err(error) => return Decision::Answer(store_failed("claim", key, &error)),
+        };
+        let record = match record {
+            Record::InFlight { .. }
+                if record.fingerprint() == fingerprint
+                    && settings.conflict == ConflictPolicy::Wait =>
+            {
+                match wait_for_result(store, settings, key, wait_until).await {
+                    Ok(Some(record)) => record,
+                    // Released or expired: the key is free again, so try to claim it.
+                    Ok(None) => continue,
+                    Err(error) => return Decision::Answer(store_failed("lookup", key, &error)),
+                }
+            }
+            record => record,
+        };
+        return Decision::Answer(answer_existing(settings, key, fingerprint, &record));
+    }
+}
+
+/// The answer to a request whose key already has a record.
+fn answer_existing(
+    settings: &Settings,
+    key: &StoreKey,
+    fingerprint: &Fingerprint,
+    record: &Record,
+) -> Response {
+    if record.fingerprint() != fingerprint {
+        tracing::info!(target: "idem", outcome = "mismatch", key = %key.key(), "idempotency key reused for a different request");
+        return Problem::key_reused().into_response();
+    }
+    match record {
+        Record::InFlight { .. } => {
+            tracing::info!(target: "idem", outcome = "conflict", key = %key.key(), "request with this idempotency key is in flight");
+            Problem::in_flight(settings.retry_after).into_response()
+        }
+        Record::Done(completed) => {
+            tracing::debug!(target: "idem", outcome = "replayed", key = %key.key(), status = completed.response.status().as_u16(), "replaying stored response");
+            replay(completed)
+        }
+    }
+}
+
+/// The replay of a completed request; `410` when its body was too large to keep.
+pub(super) fn replay(completed: &Completed) -> Response {
+    match completed.response.replay() {
+        Ok(replay) => replay,
+        Err(NotKept { status, len }) => Problem::response_not_kept(status, len).into_response(),
+    }
+}
+
+/// Polls the record with back-off until it is done, gone, or `until` passes (then the in-flight
+/// record is returned, for a 409).
+async fn wait_for_result(
+    store: &dyn IdempotencyStore,
+    settings: &Settings,
+    key: &StoreKey,
+    until: Instant,
+) -> Result<Option<Record>, StoreError> {
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let now = Instant::now();
+        let record = with_timeout(settings, store.lookup(key)).await?;
+        match record {
+            Some(Record::InFlight { .. }) if now < until => {}
+            other => return Ok(other),
+        }
+        sleep(pause.min(until.saturating_duration_since(now))).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// A store operation, failed after [`Settings::store_timeout`].
+pub(super) async fn with_timeout<T>(
+    settings: &Settings,
+    operation: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let mut operation = pin!(operation);
+    // A store that answers at once (one in memory) needs no timer.
+    if let Poll::Ready(result) = poll_fn(|cx| Poll::Ready(operation.as_mut().poll(cx))).await {
+        return result;
+    }
+    match timeout(settings.store_timeout, operation).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::new(format!(
+            "store did not answer within {:?}",
+            settings.store_timeout
+        ))),
+    }
+}
+
+/// The `503` of a request whose claim (or wait) the store failed.
+pub(super) fn store_failed(operation: &str, key: &StoreKey, error: &StoreError) -> Response {
+    tracing::error!(target: "idem", outcome = "store_error", operation, key = %key.key(), %error, "idempotency store failed; request not processed");
+    Problem::store_unavailable().into_response()
+}

@@ -1,0 +1,103 @@
+//! [`Context`], the extractor `#[idempotent]` puts first in a handler, and the calls its
+//! expansion makes on it.
+
+use std::marker::PhantomData;
+
+use axum::extract::FromRequestParts;
+use axum::response::{IntoResponse, Response};
+use http::request::Parts;
+
+use super::body::{self, BufferBody, Last};
+use super::prepare::{KeyRejection, Prepared, prepare};
+use crate::config::handler::HandlerOptions;
+use crate::fingerprint::FingerprintInput;
+
+/// The options of one idempotent handler, as a type: `#[idempotent]` declares one per handler so
+/// that [`Context`] knows them while it is extracted.
+pub trait HandlerConfig: Send + Sync + 'static {
+    /// The handler's settings.
+    const OPTIONS: HandlerOptions;
+}
+
+/// The idempotency state of one request: the first extractor of an `#[idempotent]` handler.
+///
+/// Extracting it reads the key (answering `400` for a bad or missing-but-required one), the scope
+/// and the request line. The expansion feeds it the handler's inputs with [`Context::input`], the
+/// last one through [`Context::body`], then hands it the handler's future with [`Context::run`].
+pub struct Context<O> {
+    request: Option<Box<Prepared>>,
+    _options: PhantomData<fn() -> O>,
+}
+
+impl<O> std::fmt::Debug for Context<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("key", &self.request.as_ref().map(|r| &r.key))
+            .finish()
+    }
+}
+
+impl<O: HandlerConfig, S: Send + Sync> FromRequestParts<S> for Context<O> {
+    type Rejection = KeyRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, KeyRejection> {
+        let request = prepare(parts, &O::OPTIONS)?;
+        if request.is_some() {
+            parts.extensions.insert(BufferBody);
+        }
+        Ok(Context {
+            request,
+            _options: PhantomData,
+        })
+    }
+}
+
+impl<O> Context<O> {
+    /// Whether the request takes part in idempotency (it has a key and an accepted method).
+    #[must_use]
+    pub fn is_idempotent(&self) -> bool {
+        self.request.is_some()
+    }
+
+    /// Adds the handler's next argument to the request's fingerprint.
+    pub fn input<T: FingerprintInput + ?Sized>(&mut self, input: &T) {
+        if let Some(request) = &mut self.request {
+            request.exact &= T::FROM_REQUEST_BYTES;
+            request.fingerprint.input(input);
+        }
+    }
+
+    /// Takes the handler's last argument, after every other one went through [`Context::input`].
+    ///
+    /// A retry that repeats a completed request byte for byte is answered here, with the replay
+    /// (`Err`), before its body is parsed — provided every input of the handler is
+    /// [determined by the request's bytes](FingerprintInput::FROM_REQUEST_BYTES) and the store
+    /// can [peek](crate::store::IdempotencyStore::peek) at the record. Otherwise the argument is
+    /// extracted (`Err` with the extractor's rejection if it fails), added to the fingerprint and
+    /// returned.
+    ///
+    /// # Errors
+    ///
+    /// The response to send instead of running the handler: the replay, or the rejection.
+    pub async fn body<T: FingerprintInput>(&mut self, last: Last<T>) -> Result<T, Response> {
+        let value = body::extract(self.request.as_deref_mut(), last).await?;
+        self.input(&value);
+        Ok(value)
+    }
+
+    /// Runs the handler's future under the idempotency rules and answers.
+    ///
+    /// Without a key the future simply runs. With one, the claim decides whether it runs at all;
+    /// if it does, it runs to its end even if the client goes away, and its response is stored
+    /// and answered.
+    pub async fn run<F>(self, handler: F) -> Response
+    where
+        F: Future + Send + 'static,
+        F::Output: IntoResponse,
+    {
+        match self.request {
+            None => handler.await.into_response(),
+            Some(request) => request.run(handler).await,
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Claim, handler and completion as one exchange that a client disconnect cannot cut short.
+
+use std::future::poll_fn;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::task::Poll;
+
+use axum::response::{IntoResponse, Response};
+
+use super::claim::{Decision, decide};
+use super::prepare::Prepared;
+use super::record::Execution;
+use crate::problem::Problem;
+use crate::store::ClaimToken;
+
+impl Prepared {
+    /// Runs the whole idempotent exchange — claim, handler, completion — so that it cannot be
+    /// abandoned halfway.
+    ///
+    /// The exchange is polled once right here. If that one poll finishes it (an in-memory store and
+    /// a handler that does not wait: a replay, a 409, most first executions), there was no moment
+    /// at which dropping this future could have cut it short, and no task is needed. Otherwise the
+    /// exchange moves, as it is, into a task of its own that owns everything it needs, so that
+    /// neither the claim nor the handler is abandoned when this future is dropped because the
+    /// client went away: a claim whose answer was lost would block its key until the lease ran
+    /// out, and a handler cut short would leave its work half done. The task finishes, stores the
+    /// result, and the retry gets the replay.
+    pub(super) async fn run<F>(self, handler: F) -> Response
+    where
+        F: Future + Send + 'static,
+        F::Output: IntoResponse,
+    {
+        let mut exchange = Box::pin(self.process(handler));
+        let first_poll = poll_fn(|cx| {
+            Poll::Ready(std::panic::catch_unwind(AssertUnwindSafe(|| {
+                exchange.as_mut().poll(cx)
+            })))
+        })
+        .await;
+        match first_poll {
+            Ok(Poll::Ready(response)) => return response,
+            Ok(Poll::Pending) => {}
+            Err(_panic) => {
+                tracing::error!(target: "idem", outcome = "aborted", "idempotent request panicked outside its handler");
+                return Problem::handler_panicked().into_response();
+            }
+        }
+        match tokio::spawn(exchange).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::error!(target: "idem", outcome = "aborted", %error, "idempotent request task did not finish");
+                Problem::handler_panicked().into_response()
+            }
+        }
+    }
+
+    async fn process<F>(self, handler: F) -> Response
+    where
+        F: Future + Send + 'static,
+        F::Output: IntoResponse,
+    {
+        let Prepared {
+            config,
+            settings,
+            key,
+            fingerprint,
+            digest,
+            ..
+        } = self;
+        let fingerprint = match fingerprint.finish() {
+            Ok(fingerprint) => fingerprint,
+            Err(error) => {
+                tracing::error!(target: "idem", outcome = "fingerprint_failed", %error, "request input could not be fingerprinted");
+                return Problem::fingerprint_failed(&error).into_response();
+            }
+        };
+        let store = Arc::clone(config.store());
+        let token = ClaimToken::random();
+        match decide(&*store, &settings, &key, &fingerprint, token).await {
+            Decision::Answer(response) => response,
+            Decision::Run => {
+                Execution {
+                    store,
+                    settings,
+                    key,
+                    fingerprint,
+                    digest,
+                    token,
+                }
+                .run(handler)
+                .await
+            }
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! Execution: one request's way through the idempotency layer, one module per phase.
+//!
+//! ```text
+//! prepare: key extraction ─► (no key) ───────────────────────► handler runs, nothing stored
+//!    │ bad key → 400
+//!    ▼
+//! body: read ─► same bytes as a completed request ───────────► replay (body not parsed)
+//!    │ parse the body; extractor rejection → its own answer
+//!    ▼
+//! claim(scope + key, fingerprint, token, lease)
+//!    │ Fresh             → handler: run it, capture status, headers, body
+//!    │                     → record: complete (or release) → answer
+//!    │ InFlight, same fp → 409 + Retry-After (or wait for the result, under ConflictPolicy::Wait)
+//!    │ InFlight, other   → 422
+//!    │ Done, same fp     → replay, with Idempotent-Replayed: true
+//!    │ Done, other       → 422
+//!    │ store error       → 503, handler not run
+//! ```
+//!
+//! - `prepare`: what `#[idempotent]`'s first extractor, [`Context`], reads before any other
+//!   extractor runs: the key (a bad one answers `400`), the scope, the request line.
+//! - `body`: the handler's last argument, through [`Last`]: its body is read into memory so that
+//!   a byte-identical retry is replayed before the body is parsed.
+//! - `exchange`: claim, handler and completion as one unit that a client disconnect cannot cut
+//!   short. It is polled once in place; if it has to wait, it moves into a task of its own.
+//! - `claim`: the claim and what an existing record answers (replay, `409`, `422`, `410`).
+//! - `handler`: the claimed request's handler runs; a panic or a failing body answers `500`.
+//! - `record`: what the outcome writes to the store (complete or release), retried in the
+//!   background when the store fails.
+//!
+//! Every outcome is a `tracing` event on the target `idem` with the field `outcome`.
+
+mod body;
+mod claim;
+mod context;
+mod exchange;
+mod handler;
+mod prepare;
+mod record;
+
+pub use self::body::Last;
+pub use self::context::{Context, HandlerConfig};
+pub use self::prepare::KeyRejection;

@@ -1,0 +1,102 @@
+//! The first phase: what a request brings before any of the handler's extractors run.
+
+use axum::extract::MatchedPath;
+use axum::response::{IntoResponse, Response};
+use http::request::Parts;
+
+use crate::config::handler::HandlerOptions;
+use crate::config::{Idempotency, Settings};
+use crate::fingerprint::{Fingerprinter, RequestDigest};
+use crate::key::{IdempotencyKey, KeyError};
+use crate::problem::Problem;
+use crate::store::StoreKey;
+
+/// A request that takes part in idempotency, as far as it is known before the handler runs.
+pub(super) struct Prepared {
+    pub(super) config: Idempotency,
+    pub(super) settings: Settings,
+    pub(super) key: StoreKey,
+    pub(super) fingerprint: Fingerprinter,
+    /// Whether every input fed so far is determined by the request's bytes
+    /// ([`FingerprintInput::FROM_REQUEST_BYTES`](crate::fingerprint::FingerprintInput::FROM_REQUEST_BYTES)).
+    pub(super) exact: bool,
+    /// The digest of the exact request, kept with the response if the handler is exact.
+    pub(super) digest: Option<RequestDigest>,
+}
+
+/// Reads what the request needs before its handler's extractors run; `None` when idempotency does
+/// not apply (no key, or a method the handler does not cover).
+pub(super) fn prepare(
+    parts: &Parts,
+    options: &HandlerOptions,
+) -> Result<Option<Box<Prepared>>, KeyRejection> {
+    if !options.methods.contains(&parts.method) {
+        return Ok(None);
+    }
+    let config = parts
+        .extensions
+        .get::<Idempotency>()
+        .unwrap_or_else(|| Idempotency::global());
+    let settings = config.settings().with(options);
+    let key = match IdempotencyKey::from_headers(
+        &parts.headers,
+        &settings.header,
+        settings.max_key_len,
+    ) {
+        Ok(Some(key)) => key,
+        Ok(None) if !settings.required => return Ok(None),
+        Ok(None) => return Err(reject_key(&KeyError::Missing, &settings)),
+        Err(error) => return Err(reject_key(&error, &settings)),
+    };
+    let scope = match options.scope {
+        Some(scope) => scope(parts),
+        None => config.scope_source().scope(parts),
+    };
+    let fingerprint = Fingerprinter::new(
+        &parts.method,
+        parts
+            .extensions
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str),
+        parts.uri.path(),
+        parts.uri.query(),
+    );
+    Ok(Some(Box::new(Prepared {
+        config: config.clone(),
+        settings,
+        key: StoreKey::new(scope, key),
+        fingerprint,
+        exact: true,
+        digest: None,
+    })))
+}
+
+fn reject_key(error: &KeyError, settings: &Settings) -> KeyRejection {
+    tracing::info!(target: "idem", outcome = "invalid_key", %error, "idempotency key refused");
+    KeyRejection {
+        error: error.clone(),
+        header: settings.header.clone(),
+    }
+}
+
+/// The rejection of [`Context`](super::Context): the key is invalid, or missing where it is
+/// required. Answers `400` problem+json ([`Problem::invalid_key`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRejection {
+    error: KeyError,
+    header: http::HeaderName,
+}
+
+impl KeyRejection {
+    /// What is wrong with the key.
+    #[must_use]
+    pub fn error(&self) -> &KeyError {
+        &self.error
+    }
+}
+
+impl IntoResponse for KeyRejection {
+    fn into_response(self) -> Response {
+        Problem::invalid_key(&self.error, self.header.as_str()).into_response()
+    }
+}

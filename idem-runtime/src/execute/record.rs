@@ -1,0 +1,104 @@
+//! The last phase: what a finished execution writes to the store, retried in the background when
+//! the store fails.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::{Instant, sleep};
+
+use super::claim::with_timeout;
+use crate::config::Settings;
+use crate::fingerprint::{Fingerprint, RequestDigest};
+use crate::store::{ClaimToken, Completed, Completion, IdempotencyStore, StoreError, StoreKey};
+
+/// A claimed request: its handler runs ([`super::handler`]) and its outcome is recorded here.
+pub(super) struct Execution {
+    pub(super) store: Arc<dyn IdempotencyStore>,
+    pub(super) settings: Settings,
+    pub(super) key: StoreKey,
+    pub(super) fingerprint: Fingerprint,
+    pub(super) digest: Option<RequestDigest>,
+    pub(super) token: ClaimToken,
+}
+
+/// What a finished execution writes to the store.
+pub(super) enum Outcome {
+    /// Keep the response for replay.
+    Complete(Arc<Completed>),
+    /// Free the key, so that the next request runs the handler.
+    Release,
+}
+
+impl Outcome {
+    fn operation(&self) -> &'static str {
+        match self {
+            Self::Complete(_) => "complete",
+            Self::Release => "release",
+        }
+    }
+}
+
+impl Execution {
+    /// Writes the outcome. If the store fails, the handler's answer still goes to the client at
+    /// once, and the write is retried in the background until it lands or the claim's lease runs
+    /// out: a transient fault must not leave the key in flight for a whole lease, after which a
+    /// retry would run the handler a second time (a lost completion) or wait for nothing (a lost
+    /// release).
+    pub(super) async fn record(self, outcome: Outcome) {
+        let Err(error) = self.write(&outcome).await else {
+            return;
+        };
+        let operation = outcome.operation();
+        tracing::error!(target: "idem", outcome = "store_error", operation, key = %self.key.key(), %error, "store write failed; retrying in the background until the lease runs out");
+        tokio::spawn(self.retry(outcome));
+    }
+
+    async fn retry(self, outcome: Outcome) {
+        let give_up = Instant::now() + self.settings.lease;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            sleep(pause).await;
+            match self.write(&outcome).await {
+                Ok(()) => return,
+                Err(error) if Instant::now() >= give_up => {
+                    tracing::error!(target: "idem", outcome = "store_error", operation = outcome.operation(), key = %self.key.key(), %error, "store write still failing when the lease ran out; giving up");
+                    return;
+                }
+                Err(_) => pause = (pause * 2).min(Duration::from_secs(1)),
+            }
+        }
+    }
+
+    async fn write(&self, outcome: &Outcome) -> Result<(), StoreError> {
+        match outcome {
+            Outcome::Complete(completed) => self.complete(completed).await,
+            Outcome::Release => {
+                with_timeout(&self.settings, self.store.release(&self.key, self.token)).await
+            }
+        }
+    }
+
+    async fn complete(&self, completed: &Arc<Completed>) -> Result<(), StoreError> {
+        let completion = with_timeout(
+            &self.settings,
+            self.store.complete(
+                &self.key,
+                self.token,
+                Arc::clone(completed),
+                self.settings.ttl,
+            ),
+        )
+        .await?;
+        let key = self.key.key();
+        let status = completed.response.status().as_u16();
+        match completion {
+            Completion::Stored => {
+                tracing::info!(target: "idem", outcome = "executed", stored = true, %key, status, "response stored for replay");
+            }
+            Completion::LeaseLost => {
+                tracing::warn!(target: "idem", outcome = "executed", stored = false, %key, status, "claim lease ran out and the key was taken over; response not stored");
+            }
+        }
+        Ok(())
+    }
+}
