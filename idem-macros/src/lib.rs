@@ -188,8 +188,9 @@ use proc_macro::TokenStream;
 /// - The handler is an `async fn` at module level: not a method (no `self`), not generic, without
 ///   `impl Trait` arguments, with at most 15 arguments (axum's 16 extractors, less the one the
 ///   attribute adds). Each of these is a compile error.
-/// - The body runs as a task of its own, so that a client disconnecting cannot cancel it: like any
-///   axum handler served by hyper, its future must be `Send` and own what it uses.
+/// - A client disconnecting cannot cancel the body: it is polled once in place and, if it has to
+///   wait, moves into a task of its own that runs it to its end. So, like any axum handler served
+///   by hyper, its future must be `Send` and `'static` (own what it uses).
 ///
 /// # What it writes
 ///
