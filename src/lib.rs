@@ -82,7 +82,8 @@
 //! #[idempotent(
 //!     post, put, patch,            // the methods it applies to (default: all three)
 //!     ttl = "7d",                  // how long an answer is kept (default: 24 h)
-//!     lease = "2m",                // how long a crashed request holds its key (default: 5 min)
+//!     lease = "30s",               // how long a crashed request holds its key (default: 15 s)
+//!     max_hold = "2h",             // the longest a running request keeps it (default: 1 h)
 //!     max_key_len = 64,            // 1..=1024 (default: 255)
 //!     required,                    // no key: 400 (default: the key is optional)
 //!     header = "X-Request-Key",    // default: Idempotency-Key

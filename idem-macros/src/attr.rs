@@ -14,9 +14,9 @@ use syn::{Expr, ExprLit, Ident, Lit, Token};
 use crate::ctxt::Ctxt;
 
 /// Every option, for the "unknown option" message.
-const OPTIONS: &str = "`post`, `put`, `patch`, `ttl`, `lease`, `max_key_len`, `required`, `header`, \
-                       `scope`, `store_server_errors`, `conflict`, `wait_timeout`, `max_body_bytes` \
-                       or `crate`";
+const OPTIONS: &str = "`post`, `put`, `patch`, `ttl`, `lease`, `max_hold`, `max_key_len`, `required`, \
+                       `header`, `scope`, `store_server_errors`, `conflict`, `wait_timeout`, \
+                       `max_body_bytes` or `crate`";
 
 /// An HTTP method named by the attribute or by a route attribute next to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +94,7 @@ pub(crate) struct Args {
     pub(crate) methods: Vec<Spanned<HttpMethod>>,
     pub(crate) ttl: Option<Spanned<Duration>>,
     pub(crate) lease: Option<Spanned<Duration>>,
+    pub(crate) max_hold: Option<Spanned<Duration>>,
     pub(crate) wait_timeout: Option<Spanned<Duration>>,
     pub(crate) max_key_len: Option<Spanned<usize>>,
     pub(crate) max_body_bytes: Option<Spanned<usize>>,
@@ -181,6 +182,7 @@ impl Args {
         match name {
             "ttl" => self.ttl = duration(item, cx),
             "lease" => self.lease = duration(item, cx),
+            "max_hold" => self.max_hold = duration(item, cx),
             "wait_timeout" => self.wait_timeout = duration(item, cx),
             "max_key_len" => self.max_key_len = integer(item, cx, "64"),
             "max_body_bytes" => self.max_body_bytes = integer(item, cx, "65_536"),

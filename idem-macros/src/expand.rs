@@ -165,6 +165,7 @@ fn options(args: &Args, private: &TokenStream) -> TokenStream {
     };
     field("ttl", args.ttl.map(|d| duration(d.value)));
     field("lease", args.lease.map(|d| duration(d.value)));
+    field("max_hold", args.max_hold.map(|d| duration(d.value)));
     field("wait_timeout", args.wait_timeout.map(|d| duration(d.value)));
     field(
         "max_key_len",

@@ -55,7 +55,8 @@ use proc_macro::TokenStream;
 /// |---|---|---|
 /// | `post`, `put`, `patch` | all three | the methods idempotency applies to; a request with another method passes through untouched |
 /// | `ttl = "24h"` | 24 hours | how long a completed answer is kept, counted from completion |
-/// | `lease = "5m"` | 5 minutes | how long an unfinished request holds its key if its process dies |
+/// | `lease = "15s"` | 15 seconds | how long a running request holds its key unless renewed; the runtime renews it every third of it while the handler runs, so a process that dies frees its keys within one lease |
+/// | `max_hold = "1h"` | 1 hour | the longest a running request's claim is renewed; past it, its key can be taken over one lease later |
 /// | `max_key_len = 255` | 255 | the longest key accepted, in characters: 1 to 1024 |
 /// | `required` | keys are optional | a request without a key gets `400` instead of running without idempotency |
 /// | `header = "Idempotency-Key"` | `Idempotency-Key` | the request header that carries the key (names are case-insensitive) |
@@ -67,7 +68,7 @@ use proc_macro::TokenStream;
 /// | `crate = "::idem"` | `::idem` | the path of the `idem` crate, for a renamed dependency |
 ///
 /// Durations are strings of a number and a unit: `"1500ms"`, `"90s"`, `"10m"`, `"24h"`, `"7d"`,
-/// `"1h 30m"`; they are checked while compiling. Methods are written in lowercase. Every problem
+/// `"1h 30m"`; they are checked while compiling, and are at most 366 days. Methods are written in lowercase. Every problem
 /// with the options is reported at once, each at the option at fault.
 ///
 /// ```

@@ -1,6 +1,8 @@
 //! Checks that need more than one token: the function's shape, the methods (declared, or read from
 //! a route attribute next to `#[idempotent]`) and the ranges of the settings.
 
+use std::time::Duration;
+
 use proc_macro2::{Span, TokenTree};
 use syn::visit::Visit;
 use syn::{Attribute, Meta, Signature, TypeImplTrait};
@@ -223,14 +225,29 @@ fn check_ranges(args: &Args, cx: &mut Ctxt) {
             ));
         }
     }
-    for (name, duration) in [("ttl", &args.ttl), ("lease", &args.lease)] {
-        if let Some(duration) = duration
-            && duration.value.is_zero()
-        {
+    for (name, duration, zero_allowed) in [
+        ("ttl", &args.ttl, false),
+        ("lease", &args.lease, false),
+        ("max_hold", &args.max_hold, false),
+        ("wait_timeout", &args.wait_timeout, true),
+    ] {
+        let Some(duration) = duration else { continue };
+        if duration.value.is_zero() && !zero_allowed {
             cx.syn_error(syn::Error::new(
                 duration.span,
                 format!("`{name}` must be longer than zero, e.g. `{name} = \"10m\"`"),
             ));
+        } else if duration.value > MAX_DURATION {
+            cx.syn_error(syn::Error::new(
+                duration.span,
+                format!(
+                    "`{name}` is at most 366 days, the longest duration idem keeps anything for; \
+                     write e.g. `{name} = \"30d\"`"
+                ),
+            ));
         }
     }
 }
+
+/// The longest duration an option takes: 366 days, as `idem_runtime::config::MAX_DURATION`.
+const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 60 * 60);

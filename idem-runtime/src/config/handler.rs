@@ -69,6 +69,8 @@ pub struct HandlerOptions {
     pub ttl: Option<Duration>,
     /// See [`super::Settings::lease`].
     pub lease: Option<Duration>,
+    /// See [`super::Settings::max_hold`].
+    pub max_hold: Option<Duration>,
     /// See [`super::Settings::max_key_len`].
     pub max_key_len: Option<usize>,
     /// See [`super::Settings::required`].
@@ -93,6 +95,7 @@ impl HandlerOptions {
         methods: Methods::ALL,
         ttl: None,
         lease: None,
+        max_hold: None,
         max_key_len: None,
         required: None,
         header: None,

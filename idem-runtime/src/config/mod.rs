@@ -10,7 +10,8 @@
 //! | setting | default | meaning |
 //! |---|---|---|
 //! | `ttl` | 24 hours | how long a completed response is kept, from completion |
-//! | `lease` | 5 minutes | how long an in-flight claim blocks its key if its process dies |
+//! | `lease` | 15 seconds | how long an in-flight claim holds its key unless renewed: renewed every third of it while the handler runs, so a crashed process frees its keys within one lease |
+//! | `max_hold` | 1 hour | the longest a claim is renewed: a handler still running then stops renewing (a `warn` event), and its key can be taken over one lease later |
 //! | `max_key_len` | 255 | the longest key accepted, in characters |
 //! | `required` | `false` | whether a request without a key is refused (`400`) |
 //! | `header` | `idempotency-key` | the request header that carries the key |
@@ -20,6 +21,11 @@
 //! | `retry_after` | 1 second | the `Retry-After` of a `409` |
 //! | `max_body_bytes` | 1 MiB | the largest response body kept for replay |
 //! | `store_timeout` | 2 seconds | how long a store operation may take before the request fails closed (`503`) |
+//!
+//! Every duration is at most [`MAX_DURATION`] (366 days); `ttl`, `lease`, `max_hold` and
+//! `store_timeout` are longer than zero. The builder refuses anything else with a
+//! [`ConfigError`], and `#[idempotent]` with a compile error, so that no store and no timer ever
+//! sees a duration it cannot represent.
 //!
 //! ```
 //! use std::time::Duration;
@@ -49,6 +55,10 @@ use crate::key::{DEFAULT_MAX_KEY_LEN, MAX_KEY_LEN_LIMIT};
 use crate::scope::{AuthorizationScope, ScopeSource};
 use crate::store::{IdempotencyStore, MemoryStore};
 
+/// The longest duration any setting takes: 366 days. `#[idempotent]` checks its durations
+/// against the same bound.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 60 * 60);
+
 /// What a request gets when another request with the same key and fingerprint is still running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ConflictPolicy {
@@ -65,8 +75,12 @@ pub enum ConflictPolicy {
 pub struct Settings {
     /// How long a completed response is kept, counted from completion.
     pub ttl: Duration,
-    /// How long an in-flight claim holds its key at most.
+    /// How long an in-flight claim holds its key unless it is renewed (every third of it, while
+    /// the handler runs).
     pub lease: Duration,
+    /// The longest a claim is renewed; past it the handler may run on, but its key can be taken
+    /// over once its last lease runs out.
+    pub max_hold: Duration,
     /// The longest key accepted, in characters.
     pub max_key_len: usize,
     /// Whether a request without a key is refused with `400`.
@@ -91,7 +105,8 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             ttl: Duration::from_secs(24 * 60 * 60),
-            lease: Duration::from_secs(5 * 60),
+            lease: Duration::from_secs(15),
+            max_hold: Duration::from_secs(60 * 60),
             max_key_len: DEFAULT_MAX_KEY_LEN,
             required: false,
             header: HeaderName::from_static("idempotency-key"),
@@ -111,6 +126,7 @@ impl Settings {
         Settings {
             ttl: options.ttl.unwrap_or(self.ttl),
             lease: options.lease.unwrap_or(self.lease),
+            max_hold: options.max_hold.unwrap_or(self.max_hold),
             max_key_len: options.max_key_len.unwrap_or(self.max_key_len),
             required: options.required.unwrap_or(self.required),
             header: options.header.as_ref().unwrap_or(&self.header).clone(),
@@ -132,13 +148,22 @@ impl Settings {
                 self.max_key_len
             )));
         }
-        for (name, value) in [
-            ("ttl", self.ttl),
-            ("lease", self.lease),
-            ("store_timeout", self.store_timeout),
+        for (name, value, zero_allowed) in [
+            ("ttl", self.ttl, false),
+            ("lease", self.lease, false),
+            ("max_hold", self.max_hold, false),
+            ("store_timeout", self.store_timeout, false),
+            ("wait_timeout", self.wait_timeout, true),
+            ("retry_after", self.retry_after, true),
         ] {
-            if value.is_zero() {
+            if value.is_zero() && !zero_allowed {
                 return Err(ConfigError(format!("{name} must be longer than zero")));
+            }
+            if value > MAX_DURATION {
+                return Err(ConfigError(format!(
+                    "{name} must be at most 366 days, not {}",
+                    humantime::format_duration(value)
+                )));
             }
         }
         Ok(())
@@ -239,9 +264,16 @@ impl IdempotencyBuilder {
         self
     }
 
-    /// How long an in-flight claim holds its key at most.
+    /// How long an in-flight claim holds its key unless it is renewed; the runtime renews it every
+    /// third of it while the handler runs.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.settings.lease = lease;
+        self
+    }
+
+    /// The longest a claim is renewed while its handler runs.
+    pub fn max_hold(mut self, max_hold: Duration) -> Self {
+        self.settings.max_hold = max_hold;
         self
     }
 
@@ -303,8 +335,8 @@ impl IdempotencyBuilder {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] when `max_key_len` is outside `1..=1024`, or `ttl`, `lease` or
-    /// `store_timeout` is zero.
+    /// [`ConfigError`] when `max_key_len` is outside `1..=1024`, a duration is longer than
+    /// [`MAX_DURATION`], or `ttl`, `lease`, `max_hold` or `store_timeout` is zero.
     pub fn build(self) -> Result<Idempotency, ConfigError> {
         self.settings.validate()?;
         Ok(Idempotency {
@@ -323,3 +355,67 @@ impl IdempotencyBuilder {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid idempotency configuration: {0}")]
 pub struct ConfigError(String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(builder: IdempotencyBuilder) -> String {
+        builder.build().expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn absurd_durations_are_refused_with_the_setting_named() {
+        let five_hundred_million_years = humantime::parse_duration("500000000y").unwrap();
+        for (name, builder) in [
+            ("ttl", Idempotency::builder().ttl(five_hundred_million_years)),
+            ("lease", Idempotency::builder().lease(Duration::MAX)),
+            ("max_hold", Idempotency::builder().max_hold(Duration::MAX)),
+            (
+                "wait_timeout",
+                Idempotency::builder().wait_timeout(Duration::from_secs(400 * 86_400)),
+            ),
+            ("retry_after", Idempotency::builder().retry_after(Duration::MAX)),
+            ("store_timeout", Idempotency::builder().store_timeout(Duration::MAX)),
+        ] {
+            let message = refused(builder);
+            assert!(
+                message.contains(&format!("{name} must be at most 366 days")),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn zero_durations_are_refused_where_they_make_no_sense() {
+        for (name, builder) in [
+            ("ttl", Idempotency::builder().ttl(Duration::ZERO)),
+            ("lease", Idempotency::builder().lease(Duration::ZERO)),
+            ("max_hold", Idempotency::builder().max_hold(Duration::ZERO)),
+            ("store_timeout", Idempotency::builder().store_timeout(Duration::ZERO)),
+        ] {
+            assert_eq!(
+                refused(builder),
+                format!("invalid idempotency configuration: {name} must be longer than zero")
+            );
+        }
+        // No wait, and a `Retry-After` of zero (sent as one second), are meaningful.
+        Idempotency::builder()
+            .wait_timeout(Duration::ZERO)
+            .retry_after(Duration::ZERO)
+            .build()
+            .expect("valid");
+    }
+
+    #[test]
+    fn the_longest_durations_are_honoured() {
+        let idempotency = Idempotency::builder()
+            .ttl(MAX_DURATION)
+            .lease(MAX_DURATION)
+            .max_hold(MAX_DURATION)
+            .wait_timeout(MAX_DURATION)
+            .build()
+            .expect("valid");
+        assert_eq!(idempotency.settings().ttl, MAX_DURATION);
+    }
+}

@@ -20,6 +20,9 @@ pub(super) enum Decision {
     Run,
     /// Answer without running the handler.
     Answer(Response),
+    /// The claim failed (`503`). The store may still have applied it, its answer lost on the
+    /// way: the claim's token is released, so that the retry is not blocked for a lease.
+    Failed(Response),
 }
 
 /// Claims the key under `token`, and for an existing record decides the answer (replay, 409,
@@ -37,7 +40,7 @@ pub(super) async fn decide(
         let record = match with_timeout(settings, claim).await {
             Ok(Claim::Fresh) => return Decision::Run,
             Ok(Claim::Existing(record)) => record,
-            Err(error) => return Decision::Answer(store_failed("claim", key, &error)),
+            Err(error) => return Decision::Failed(store_failed("claim", key, &error)),
         };
         let record = match record {
             Record::InFlight { .. }

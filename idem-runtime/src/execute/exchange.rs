@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::claim::{Decision, decide};
 use super::prepare::Prepared;
-use super::record::Execution;
+use super::record::{Execution, Outcome};
 use crate::problem::Problem;
 use crate::store::ClaimToken;
 
@@ -76,20 +76,22 @@ impl Prepared {
         };
         let store = Arc::clone(config.store());
         let token = ClaimToken::random();
-        match decide(&*store, &settings, &key, &fingerprint, token).await {
+        let decision = decide(&*store, &settings, &key, &fingerprint, token).await;
+        let execution = Execution {
+            store,
+            settings,
+            key,
+            fingerprint,
+            digest,
+            token,
+        };
+        match decision {
             Decision::Answer(response) => response,
-            Decision::Run => {
-                Execution {
-                    store,
-                    settings,
-                    key,
-                    fingerprint,
-                    digest,
-                    token,
-                }
-                .run(handler)
-                .await
+            Decision::Failed(response) => {
+                execution.record(Outcome::Release).await;
+                response
             }
+            Decision::Run => execution.run(handler).await,
         }
     }
 }

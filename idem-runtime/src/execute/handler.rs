@@ -1,15 +1,32 @@
-//! The claimed request's handler runs, and its answer is captured for the store.
+//! The claimed request's handler runs, its claim renewed meanwhile, and its answer is captured
+//! for the store.
 
 use std::panic::AssertUnwindSafe;
+use std::pin::pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
+use tokio::time::{Instant, sleep};
 
+use super::claim::with_timeout;
 use super::record::{Execution, Outcome};
 use crate::problem::Problem;
 use crate::replay::capture;
-use crate::store::Completed;
+use crate::store::{Claim, Completed};
+
+/// The shortest pause between two renewals, whatever the lease.
+const MIN_RENEWAL_PERIOD: Duration = Duration::from_millis(10);
+
+/// Why the claim stopped being renewed while the handler still ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stopped {
+    /// Another request holds or completed the key: this claim's lease ran out before a renewal.
+    LeaseLost,
+    /// The handler has held the key for `max_hold`; its last lease runs out on its own.
+    MaxHold,
+}
 
 impl Execution {
     /// Runs the handler to its end, records the outcome, and answers: the handler's response,
@@ -20,12 +37,33 @@ impl Execution {
         F::Output: IntoResponse,
     {
         let max_body_bytes = self.settings.max_body_bytes;
-        let produced = AssertUnwindSafe(async move {
-            let response = handler.await.into_response();
-            capture(response, max_body_bytes).await
-        })
-        .catch_unwind()
-        .await;
+        let mut produced = pin!(
+            AssertUnwindSafe(async move {
+                let response = handler.await.into_response();
+                capture(response, max_body_bytes).await
+            })
+            .catch_unwind()
+        );
+        let (produced, stopped) = {
+            // The handler first: one that finishes without waiting never starts the renewal timer.
+            let mut renewals = pin!(self.renew());
+            let mut stopped = None;
+            loop {
+                tokio::select! {
+                    biased;
+                    produced = &mut produced => break (produced, stopped),
+                    why = &mut renewals, if stopped.is_none() => stopped = Some(why),
+                }
+            }
+        };
+        if stopped == Some(Stopped::LeaseLost) {
+            tracing::warn!(target: "idem", outcome = "lease_lost", key = %self.key.key(), "the claim's lease ran out while the handler ran and the key was taken over; its answer is sent but not stored");
+            return match produced {
+                Ok(Ok((first, _))) => first,
+                Ok(Err(_)) => Problem::response_failed().into_response(),
+                Err(_panic) => Problem::handler_panicked().into_response(),
+            };
+        }
         match produced {
             Err(_panic) => {
                 tracing::error!(target: "idem", outcome = "panicked", key = %self.key.key(), "idempotent handler panicked; key released");
@@ -50,6 +88,33 @@ impl Execution {
                     self.record(Outcome::Complete(completed)).await;
                 }
                 first
+            }
+        }
+    }
+
+    /// Renews the claim every third of its lease — a repeated claim under its token — until it
+    /// finds the key taken over, or `max_hold` would be passed; never returns otherwise. A renewal
+    /// that fails (the store is unreachable) is tried again at the next period: the lease still
+    /// has two thirds to run.
+    async fn renew(&self) -> Stopped {
+        let lease = self.settings.lease;
+        let period = (lease / 3).max(MIN_RENEWAL_PERIOD);
+        let hold_ends = Instant::now() + self.settings.max_hold;
+        loop {
+            sleep(period).await;
+            if Instant::now() + lease > hold_ends {
+                tracing::warn!(target: "idem", outcome = "max_hold", key = %self.key.key(), max_hold = ?self.settings.max_hold, "handler still running after max_hold; its claim is no longer renewed and may be taken over when its lease runs out");
+                return Stopped::MaxHold;
+            }
+            let renewal = self
+                .store
+                .claim(&self.key, &self.fingerprint, self.token, lease);
+            match with_timeout(&self.settings, renewal).await {
+                Ok(Claim::Fresh) => {}
+                Ok(Claim::Existing(_)) => return Stopped::LeaseLost,
+                Err(error) => {
+                    tracing::warn!(target: "idem", outcome = "store_error", operation = "renew", key = %self.key.key(), %error, "claim renewal failed; trying again");
+                }
             }
         }
     }

@@ -96,7 +96,7 @@ impl Execution {
                 tracing::info!(target: "idem", outcome = "executed", stored = true, %key, status, "response stored for replay");
             }
             Completion::LeaseLost => {
-                tracing::warn!(target: "idem", outcome = "executed", stored = false, %key, status, "claim lease ran out and the key was taken over; response not stored");
+                tracing::warn!(target: "idem", outcome = "lease_lost", stored = false, %key, status, "claim lease ran out and the key was taken over; response not stored");
             }
         }
         Ok(())

@@ -19,6 +19,7 @@ fn tenant_scope(parts: &Parts) -> Scope {
     patch,
     ttl = "10m",
     lease = "90s",
+    max_hold = "2h",
     wait_timeout = "1500ms",
     max_key_len = 64,
     max_body_bytes = 65_536,

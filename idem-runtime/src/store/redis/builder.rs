@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use ::redis::Client;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::cluster::ClusterClient;
 
+use super::connection::Connection;
 #[cfg(doc)]
 use super::DEFAULT_LOCAL_TIER_BYTES;
 use super::scripts::Scripts;
@@ -27,6 +29,7 @@ pub struct RedisStoreBuilder {
 enum Target {
     Url(String),
     Client(Client),
+    Cluster(Vec<String>),
 }
 
 impl fmt::Debug for RedisStoreBuilder {
@@ -55,6 +58,20 @@ impl RedisStoreBuilder {
     /// `redis+unix:///path/to/socket` for a unix socket. (TLS, `rediss://`, is not enabled.)
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.target = Some(Target::Url(url.into()));
+        self
+    }
+
+    /// A Redis Cluster, by the URLs of some of its nodes (`redis://host:port`; one reachable node
+    /// is enough to discover the others). Every operation of the store is one script on one key,
+    /// so it runs on the node that holds the key's slot, atomically there, and the store works
+    /// unchanged across resharding and failover (redis-rs's cluster connection follows `MOVED`
+    /// and `ASK` redirections).
+    pub fn cluster<I, U>(mut self, nodes: I) -> Self
+    where
+        I: IntoIterator<Item = U>,
+        U: Into<String>,
+    {
+        self.target = Some(Target::Cluster(nodes.into_iter().map(Into::into).collect()));
         self
     }
 
@@ -97,8 +114,8 @@ impl RedisStoreBuilder {
     ///
     /// # Errors
     ///
-    /// [`StoreError`] when neither a URL nor a client was given, the URL is invalid, a timeout is
-    /// zero, or Redis cannot be reached now (a service should not start with its idempotency store
+    /// [`StoreError`] when neither a URL, a client nor cluster nodes were given, a URL is
+    /// invalid, a timeout is zero, or Redis cannot be reached now (a service should not start with its idempotency store
     /// unreachable; once running, it rides out outages as described on [`RedisStore`]).
     pub async fn build(self) -> Result<RedisStore, StoreError> {
         if self.connect_timeout.is_zero() || self.response_timeout.is_zero() {
@@ -110,7 +127,21 @@ impl RedisStoreBuilder {
             Some(Target::Client(client)) => client,
             Some(Target::Url(url)) => Client::open(url.as_str())
                 .map_err(|e| StoreError::with_source(format!("invalid Redis URL {url:?}"), e))?,
-            None => return Err(StoreError::new("RedisStore needs a URL or a client")),
+            Some(Target::Cluster(nodes)) => {
+                let connection = connect_cluster(nodes, self.connect_timeout, self.response_timeout)
+                    .await?;
+                return Ok(RedisStore {
+                    connection,
+                    prefix: self.prefix.into(),
+                    local: self.local_tier.map(CompletedCache::new),
+                    scripts: Arc::new(Scripts::new()),
+                });
+            }
+            None => {
+                return Err(StoreError::new(
+                    "RedisStore needs a URL, a client or cluster nodes",
+                ));
+            }
         };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
@@ -120,6 +151,7 @@ impl RedisStoreBuilder {
             .set_max_delay(Duration::from_secs(1));
         let connection = ConnectionManager::new_with_config(client, config)
             .await
+            .map(Connection::Single)
             .map_err(|e| StoreError::with_source("could not connect to Redis", e))?;
         Ok(RedisStore {
             connection,
@@ -128,4 +160,30 @@ impl RedisStoreBuilder {
             scripts: Arc::new(Scripts::new()),
         })
     }
+}
+
+/// Connects to a cluster through the given nodes.
+async fn connect_cluster(
+    nodes: Vec<String>,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+) -> Result<Connection, StoreError> {
+    if nodes.is_empty() {
+        return Err(StoreError::new(
+            "a Redis Cluster needs the URL of at least one node",
+        ));
+    }
+    let client = ClusterClient::builder(nodes.iter().map(String::as_str))
+        .connection_timeout(connect_timeout)
+        .response_timeout(response_timeout)
+        .retries(2)
+        .build()
+        .map_err(|e| {
+            StoreError::with_source(format!("invalid Redis Cluster nodes {nodes:?}"), e)
+        })?;
+    client
+        .get_async_connection()
+        .await
+        .map(Connection::Cluster)
+        .map_err(|e| StoreError::with_source("could not connect to the Redis Cluster", e))
 }

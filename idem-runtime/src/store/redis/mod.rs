@@ -1,6 +1,7 @@
 //! The shared store: Redis, so that every instance of a service sees the same claims and results.
 
 mod builder;
+mod connection;
 mod decode;
 mod scripts;
 
@@ -9,10 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ::redis::Value;
-use ::redis::aio::ConnectionManager;
 use async_trait::async_trait;
 
 pub use self::builder::RedisStoreBuilder;
+use self::connection::Connection;
 use self::decode::decode_record;
 use self::scripts::Scripts;
 use super::completed::CompletedCache;
@@ -85,6 +86,15 @@ const RECORD_VERSION: &str = "1";
 /// resumes on its own once Redis is back. A claim that timed out on this side may still have been
 /// applied by a slow Redis: its key then stays in flight until the lease runs out.
 ///
+/// # Redis Cluster
+///
+/// [`RedisStoreBuilder::cluster`] connects to a Redis Cluster instead of one server. Every
+/// operation is one script on one key, so no operation ever spans two slots and no hash tags are
+/// needed: records spread over the cluster by their whole key, and each operation is atomic on
+/// the node that holds its slot. Redirections during resharding or failover are followed by
+/// redis-rs's cluster connection; a write acknowledged by a primary that fails before its replica
+/// has it can be lost, as with any Redis replication, which at worst lets a retry run again.
+///
 /// # Local tier
 ///
 /// Optionally ([`RedisStoreBuilder::local_tier`]), completed records this instance has seen are
@@ -117,7 +127,7 @@ const RECORD_VERSION: &str = "1";
 /// ```
 #[derive(Clone)]
 pub struct RedisStore {
-    connection: ConnectionManager,
+    connection: Connection,
     prefix: Arc<str>,
     local: Option<CompletedCache>,
     scripts: Arc<Scripts>,
