@@ -1,11 +1,14 @@
 //! The store contract: what every `IdempotencyStore` must do, written once over
-//! `Arc<dyn IdempotencyStore>` and run against the memory store, the Redis store, and the Redis
-//! store with its local tier.
+//! `Arc<dyn IdempotencyStore>` and run against the memory store, the Redis store, the Redis store
+//! with its local tier, and the Redis store on a three-master Redis Cluster.
 
 #![allow(missing_docs)]
 
 #[path = "support/claims.rs"]
 mod claims;
+#[cfg(feature = "redis")]
+#[path = "support/redis_cluster.rs"]
+mod redis_cluster;
 #[cfg(feature = "redis")]
 #[path = "support/redis_server.rs"]
 mod redis_server;
@@ -447,6 +450,17 @@ macro_rules! contract {
                     let store = target.builder().local_tier(1024 * 1024).build().await.unwrap();
                     assert!(store.has_local_tier());
                     super::$name(std::sync::Arc::new(store)).await;
+                }
+            )*
+        }
+
+        #[cfg(feature = "redis")]
+        mod redis_cluster_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(cluster) = crate::redis_cluster::RedisCluster::start() else { return };
+                    super::$name(std::sync::Arc::new(cluster.store().await)).await;
                 }
             )*
         }

@@ -368,15 +368,24 @@ mod tests {
     fn absurd_durations_are_refused_with_the_setting_named() {
         let five_hundred_million_years = humantime::parse_duration("500000000y").unwrap();
         for (name, builder) in [
-            ("ttl", Idempotency::builder().ttl(five_hundred_million_years)),
+            (
+                "ttl",
+                Idempotency::builder().ttl(five_hundred_million_years),
+            ),
             ("lease", Idempotency::builder().lease(Duration::MAX)),
             ("max_hold", Idempotency::builder().max_hold(Duration::MAX)),
             (
                 "wait_timeout",
                 Idempotency::builder().wait_timeout(Duration::from_secs(400 * 86_400)),
             ),
-            ("retry_after", Idempotency::builder().retry_after(Duration::MAX)),
-            ("store_timeout", Idempotency::builder().store_timeout(Duration::MAX)),
+            (
+                "retry_after",
+                Idempotency::builder().retry_after(Duration::MAX),
+            ),
+            (
+                "store_timeout",
+                Idempotency::builder().store_timeout(Duration::MAX),
+            ),
         ] {
             let message = refused(builder);
             assert!(
@@ -392,7 +401,10 @@ mod tests {
             ("ttl", Idempotency::builder().ttl(Duration::ZERO)),
             ("lease", Idempotency::builder().lease(Duration::ZERO)),
             ("max_hold", Idempotency::builder().max_hold(Duration::ZERO)),
-            ("store_timeout", Idempotency::builder().store_timeout(Duration::ZERO)),
+            (
+                "store_timeout",
+                Idempotency::builder().store_timeout(Duration::ZERO),
+            ),
         ] {
             assert_eq!(
                 refused(builder),

@@ -8,9 +8,9 @@ use ::redis::Client;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::ClusterClient;
 
-use super::connection::Connection;
 #[cfg(doc)]
 use super::DEFAULT_LOCAL_TIER_BYTES;
+use super::connection::Connection;
 use super::scripts::Scripts;
 use super::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_PREFIX, DEFAULT_RESPONSE_TIMEOUT, RedisStore};
 use crate::store::StoreError;
@@ -128,8 +128,8 @@ impl RedisStoreBuilder {
             Some(Target::Url(url)) => Client::open(url.as_str())
                 .map_err(|e| StoreError::with_source(format!("invalid Redis URL {url:?}"), e))?,
             Some(Target::Cluster(nodes)) => {
-                let connection = connect_cluster(nodes, self.connect_timeout, self.response_timeout)
-                    .await?;
+                let connection =
+                    connect_cluster(nodes, self.connect_timeout, self.response_timeout).await?;
                 return Ok(RedisStore {
                     connection,
                     prefix: self.prefix.into(),
