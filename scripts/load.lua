@@ -1,12 +1,13 @@
--- wrk script for scripts/load.sh: POST /charges of the payments example, in one of three modes
+-- wrk script for scripts/load.sh: POST a charge to benches/load_server.rs, in one of four modes
 -- given as the script's first argument, with a name for this run's keys as the second
 -- (`wrk ... -s scripts/load.lua -- MODE RUN`):
---   plain   no Idempotency-Key: the handler simply runs, nothing is stored;
---   first   a key never sent before on every request: claim, run, store;
---   replay  the same key on every request: the stored answer is replayed.
+--   plain   /plain/charges, the handler without the attribute, no key;
+--   first   /full/charges, a key never sent before on every request: claim, run, store;
+--   roomy   /roomy/charges, the same on a store far from its bound;
+--   replay  /full/charges, the same key on every request: the stored answer is replayed.
 
 wrk.method = "POST"
-wrk.path = "/charges"
+wrk.path = "/plain/charges"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"amount":1999,"currency":"eur"}'
 
@@ -16,6 +17,11 @@ local counter = 0
 
 function init(args)
    mode = args[1] or "plain"
+   if mode == "first" or mode == "replay" then
+      wrk.path = "/full/charges"
+   elseif mode == "roomy" then
+      wrk.path = "/roomy/charges"
+   end
    -- Keys of separate runs must never meet: each run names its own.
    prefix = "load-" .. (args[2] or tostring(os.time())) .. "-"
    if mode == "replay" then
@@ -24,7 +30,7 @@ function init(args)
 end
 
 function request()
-   if mode == "first" then
+   if mode == "first" or mode == "roomy" then
       counter = counter + 1
       wrk.headers["Idempotency-Key"] = prefix .. counter
    end

@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# Load test of the payments example over real HTTP on loopback: requests per second, p99 latency
-# and server CPU time per request for POST /charges without a key (plain), with a fresh key on
-# every request (first execution) and with one key over and over (replay).
+# Load test over real HTTP on loopback: requests per second, p99 latency and server CPU time per
+# request of one charge handler served plain and under #[idempotent(post)], both in one binary
+# (benches/load_server.rs):
+#
+#   plain   POST /plain/charges: the handler without the attribute;
+#   first   POST /full/charges with a fresh key on every request, on a store kept at its bound
+#           (every first execution evicts a record);
+#   roomy   POST /roomy/charges with a fresh key on every request, on a store far from its bound;
+#   replay  POST /full/charges with one key over and over.
 #
 #   scripts/load.sh                  # 3 rounds of 10 s per mode
 #   ROUNDS=5 DURATION=20s CONNECTIONS=32 scripts/load.sh
@@ -20,21 +26,22 @@ CONNECTIONS=${CONNECTIONS:-16}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 PORT=${PORT:-3917}
-MODES=(plain first replay)
+MODES=(plain first roomy replay)
 
 for tool in wrk taskset; do
     command -v "$tool" >/dev/null || { echo "load.sh needs $tool" >&2; exit 1; }
 done
 
-cargo build --release --example payments >&2
-target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-server_bin="$target_dir/release/examples/payments"
+server_bin=$(cargo bench --bench load_server --no-run --message-format=json 2>/dev/null |
+    sed -n 's/.*"executable":"\([^"]*load_server[^"]*\)".*/\1/p' | tail -n 1)
+[ -x "$server_bin" ] || { echo "could not build benches/load_server.rs" >&2; exit 1; }
 
 log=$(mktemp)
-PAYMENTS_ADDR="127.0.0.1:$PORT" taskset -c "$SERVER_CPU" "$server_bin" >"$log" 2>&1 &
+LOAD_ADDR="127.0.0.1:$PORT" taskset -c "$SERVER_CPU" "$server_bin" >"$log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true; rm -f "$log"' EXIT
-for _ in $(seq 100); do
+# Filling the full store takes a few seconds.
+for _ in $(seq 600); do
     grep -q listening "$log" && break
     sleep 0.1
 done
@@ -53,7 +60,7 @@ for round in $(seq "$ROUNDS"); do
         run="$$-$round-$mode"
         if [ "$mode" = replay ]; then
             # Store the answer once, so that every timed request is a replay.
-            curl -fsS -o /dev/null -X POST "http://127.0.0.1:$PORT/charges" \
+            curl -fsS -o /dev/null -X POST "http://127.0.0.1:$PORT/full/charges" \
                 -H 'Content-Type: application/json' -H "Idempotency-Key: load-$run-replayed" \
                 -d '{"amount":1999,"currency":"eur"}' 2>/dev/null || true
         fi
@@ -82,7 +89,7 @@ median() {
 }
 
 echo
-echo "POST /charges over loopback, wrk -t1 -c$CONNECTIONS -d$DURATION, median of $ROUNDS rounds"
+echo "POST /*/charges over loopback, wrk -t1 -c$CONNECTIONS -d$DURATION, median of $ROUNDS rounds"
 printf '%-7s %12s %8s %10s %8s %14s %8s\n' mode 'req/s' ratio 'p99 µs' ratio 'CPU µs/req' ratio
 base_r=$(median <<<"${rps[plain]}")
 base_p=$(median <<<"${p99[plain]}")

@@ -1,0 +1,156 @@
+//! The server `scripts/load.sh` measures: one charge handler, served twice in one binary with the
+//! same route shape, once plain and once under `#[idempotent(post)]`:
+//!
+//! - `POST /plain/charges`: the plain axum handler;
+//! - `POST /full/charges`: the same handler with the attribute, on a `MemoryStore` of the default
+//!   64 MiB filled to its bound before serving, so that every first execution evicts a record, as
+//!   it does in a service that has run for a while;
+//! - `POST /roomy/charges`: the same again on a store of 4 GiB that the load never fills.
+//!
+//! Each idempotent route has its `Idempotency` as a layer of its own; the plain route has none.
+//! Environment: `LOAD_ADDR` (default `127.0.0.1:3917`). It prints `listening on ADDR` once it
+//! accepts connections.
+//!
+//! Built and started by `scripts/load.sh`; `cargo bench --bench load_server` runs it by hand.
+
+// A server's report is its output.
+#![allow(clippy::print_stdout, missing_docs)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Extension, Json, Router};
+use idem::fingerprint::Fingerprint;
+use idem::key::IdempotencyKey;
+use idem::replay::StoredResponse;
+use idem::scope::Scope;
+use idem::store::{ClaimToken, Completed, IdempotencyStore, MemoryStore, StoreKey};
+use idem::{Idempotency, idempotent};
+use serde::{Deserialize, Serialize};
+
+#[derive(Deserialize, Serialize)]
+struct NewCharge {
+    amount: u64,
+    currency: String,
+}
+
+#[derive(Serialize)]
+struct Charge {
+    id: String,
+    amount: u64,
+    currency: String,
+}
+
+/// The charge counter both handlers share.
+#[derive(Clone, Default)]
+struct Ledger(Arc<AtomicU64>);
+
+impl Ledger {
+    fn charge(&self, charge: NewCharge) -> (StatusCode, Json<Charge>) {
+        let n = self.0.fetch_add(1, Ordering::Relaxed) + 1;
+        let charge = Charge {
+            id: format!("ch_{n}"),
+            amount: charge.amount,
+            currency: charge.currency,
+        };
+        (StatusCode::CREATED, Json(charge))
+    }
+}
+
+async fn plain_charge(
+    State(ledger): State<Ledger>,
+    Json(charge): Json<NewCharge>,
+) -> (StatusCode, Json<Charge>) {
+    ledger.charge(charge)
+}
+
+#[idempotent(post)]
+async fn idempotent_charge(
+    State(ledger): State<Ledger>,
+    Json(charge): Json<NewCharge>,
+) -> (StatusCode, Json<Charge>) {
+    ledger.charge(charge)
+}
+
+/// Completes records under keys no request sends until the store holds `bytes` of them: the
+/// size of the load's own records, so that the bound is reached as the load would reach it.
+async fn prefill(store: &MemoryStore, bytes: u64) {
+    let fingerprint = Fingerprint::from_bytes([0x42; 32]);
+    let mut headers = http::HeaderMap::new();
+    headers.insert("content-type", "application/json".parse().expect("valid"));
+    let body = r#"{"id":"ch_1000000","amount":1999,"currency":"eur"}"#;
+    let lease = Duration::from_secs(60);
+    let ttl = Duration::from_secs(24 * 3600);
+    let mut n = 0u64;
+    while store.weighted_size() < bytes * 99 / 100 {
+        for _ in 0..10_000 {
+            n += 1;
+            let name = format!("prefill-{n}");
+            let key = StoreKey::new(
+                Scope::ANONYMOUS,
+                IdempotencyKey::parse(name.as_bytes(), 255).expect("valid key"),
+            );
+            let token = ClaimToken::random();
+            store
+                .claim(&key, &fingerprint, token, lease)
+                .await
+                .expect("claim");
+            let completed = Completed {
+                fingerprint,
+                request_digest: None,
+                response: StoredResponse::new(
+                    StatusCode::CREATED,
+                    headers.clone(),
+                    body.as_bytes().into(),
+                ),
+            };
+            store
+                .complete(&key, token, Arc::new(completed), ttl)
+                .await
+                .expect("complete");
+        }
+    }
+    println!(
+        "prefilled {n} records, {} bytes of {bytes}",
+        store.weighted_size()
+    );
+}
+
+fn main() {
+    let addr = std::env::var("LOAD_ADDR").unwrap_or_else(|_| "127.0.0.1:3917".to_owned());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let full = MemoryStore::default();
+        prefill(&full, full.max_bytes()).await;
+        let roomy = MemoryStore::builder().max_bytes(4 << 30).build();
+        let layer = |store: MemoryStore| {
+            Extension(
+                Idempotency::builder()
+                    .store(store)
+                    .build()
+                    .expect("valid settings"),
+            )
+        };
+        let app = Router::new()
+            .route("/plain/charges", post(plain_charge))
+            .route("/full/charges", post(idempotent_charge).layer(layer(full)))
+            .route(
+                "/roomy/charges",
+                post(idempotent_charge).layer(layer(roomy)),
+            )
+            .with_state(Ledger::default());
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .expect("bind the load address");
+        println!("listening on {}", listener.local_addr().expect("bound"));
+        axum::serve(listener, app).await.expect("serve");
+    });
+}
