@@ -145,7 +145,7 @@ proptest! {
         for name in NOT_REPLAYED {
             expected.remove(name);
         }
-        prop_assert_eq!(stored.headers(), &expected);
+        prop_assert_eq!(stored.headers(), expected.clone());
         prop_assert_eq!(stored.status(), status);
 
         let (replay_status, replay_headers, replay_body) = block_on(read(replay_or_problem(&stored)));

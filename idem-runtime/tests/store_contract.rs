@@ -726,7 +726,39 @@ mod redis_records {
             .build()
             .await
             .unwrap_err();
-        assert!(error.to_string().contains("URL or a client"), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("a URL, a client or cluster nodes"),
+            "{error}"
+        );
+        let error = idem_runtime::store::RedisStore::builder()
+            .cluster(Vec::<String>::new())
+            .build()
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("at least one node"), "{error}");
+        let error = idem_runtime::store::RedisStore::builder()
+            .cluster(["not a url"])
+            .build()
+            .await
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("invalid Redis Cluster nodes"),
+            "{error}"
+        );
+        let error = idem_runtime::store::RedisStore::builder()
+            .cluster(["redis://127.0.0.1:1"])
+            .connect_timeout(Duration::from_millis(200))
+            .build()
+            .await
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("could not connect to the Redis Cluster"),
+            "{error}"
+        );
         let error = idem_runtime::store::RedisStore::builder()
             .url("not a url")
             .build()

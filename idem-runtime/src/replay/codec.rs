@@ -1,9 +1,13 @@
 //! The binary form of a [`StoredResponse`], for stores that keep bytes.
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
 
-use super::{StoredBody, StoredResponse};
+use super::{HeaderBlock, StoredBody, StoredResponse};
+
+/// The most headers a record holds: what a header map holds, so that every record read back can
+/// be replayed.
+const MAX_HEADERS: u32 = 32 * 1024;
 
 /// The version [`StoredResponse::encode`] writes.
 const FORMAT_VERSION: u8 = 1;
@@ -32,9 +36,9 @@ impl StoredResponse {
         let mut out = Vec::with_capacity(self.heap_weight() + 16);
         out.push(FORMAT_VERSION);
         out.extend_from_slice(&self.status.as_u16().to_le_bytes());
-        out.extend_from_slice(&(self.headers.len() as u32).to_le_bytes());
-        for (name, value) in &self.headers {
-            for part in [name.as_str().as_bytes(), value.as_bytes()] {
+        out.extend_from_slice(&(self.headers.count as u32).to_le_bytes());
+        for (name, value) in self.headers.pairs() {
+            for part in [name, &value[..]] {
                 out.extend_from_slice(&(part.len() as u32).to_le_bytes());
                 out.extend_from_slice(part);
             }
@@ -69,19 +73,20 @@ impl StoredResponse {
         let status = u16::from_le_bytes(input.array()?);
         let status = StatusCode::from_u16(status).map_err(|_| DecodeError::Status(status))?;
         let count = u32::from_le_bytes(input.array()?);
-        let mut headers = HeaderMap::new();
+        if count > MAX_HEADERS {
+            return Err(DecodeError::TooManyHeaders);
+        }
+        let mut headers = HeaderBlock::builder(0);
         for _ in 0..count {
             let len = u32::from_le_bytes(input.array()?) as usize;
-            let name = HeaderName::from_bytes(input.take(len)?)
-                .map_err(|e| DecodeError::Header(e.to_string()))?;
+            let name = input.take(len)?;
+            HeaderName::from_bytes(name).map_err(|e| DecodeError::Header(e.to_string()))?;
             let len = u32::from_le_bytes(input.array()?) as usize;
-            let value = HeaderValue::from_bytes(input.take(len)?)
-                .map_err(|e| DecodeError::Header(e.to_string()))?;
-            // A map holds at most 32 768 entries; `append` would panic past that.
-            headers
-                .try_append(name, value)
-                .map_err(|_| DecodeError::TooManyHeaders)?;
+            let value = input.take(len)?;
+            HeaderValue::from_bytes(value).map_err(|e| DecodeError::Header(e.to_string()))?;
+            headers.push(name, value);
         }
+        let headers = headers.finish();
         let kind = input.take(1)?[0];
         let len = u64::from_le_bytes(input.array()?);
         let body = match kind {

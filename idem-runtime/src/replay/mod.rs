@@ -98,33 +98,47 @@ impl fmt::Debug for StoredBody {
 }
 
 /// A response as kept for replay: status, replayable headers and body.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// The headers are held in one buffer, encoded, rather than in a header map: a completed record
+/// is then one allocation for the headers beside the body (which it shares with the response the
+/// first caller got), so that it costs little to keep and to evict, and weighs what it holds
+/// whichever way it was built.
+#[derive(Clone, PartialEq, Eq)]
 pub struct StoredResponse {
     status: StatusCode,
-    headers: HeaderMap,
+    headers: HeaderBlock,
     body: StoredBody,
+}
+
+impl fmt::Debug for StoredResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredResponse")
+            .field("status", &self.status)
+            .field("headers", &self.headers())
+            .field("body", &self.body)
+            .finish()
+    }
 }
 
 impl StoredResponse {
     /// A stored response with a kept body. Headers that must not be replayed are dropped.
     #[must_use]
-    pub fn new(status: StatusCode, mut headers: HeaderMap, body: Bytes) -> Self {
-        retain_replayable(&mut headers);
-        Self {
-            status,
-            headers,
-            body: StoredBody::Kept(body),
-        }
+    pub fn new(status: StatusCode, headers: HeaderMap, body: Bytes) -> Self {
+        Self::from_parts(status, &headers, StoredBody::Kept(body))
     }
 
     /// A stored response whose body of `len` bytes was not kept.
     #[must_use]
-    pub fn without_body(status: StatusCode, mut headers: HeaderMap, len: u64) -> Self {
-        retain_replayable(&mut headers);
+    pub fn without_body(status: StatusCode, headers: HeaderMap, len: u64) -> Self {
+        Self::from_parts(status, &headers, StoredBody::Dropped { len })
+    }
+
+    /// The record of a response with these parts, keeping only the replayable headers.
+    fn from_parts(status: StatusCode, headers: &HeaderMap, body: StoredBody) -> Self {
         Self {
             status,
-            headers,
-            body: StoredBody::Dropped { len },
+            headers: HeaderBlock::replayable(headers),
+            body,
         }
     }
 
@@ -134,10 +148,10 @@ impl StoredResponse {
         self.status
     }
 
-    /// The headers that are replayed.
+    /// The headers that are replayed, as a new header map.
     #[must_use]
-    pub fn headers(&self) -> &HeaderMap {
-        &self.headers
+    pub fn headers(&self) -> HeaderMap {
+        self.headers.to_map(0)
     }
 
     /// The body, or its length if it was not kept.
@@ -151,16 +165,11 @@ impl StoredResponse {
     /// ([`Completed::weight`](crate::store::Completed::weight)).
     #[must_use]
     pub fn heap_weight(&self) -> usize {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len() + 32)
-            .sum();
         let body = match &self.body {
             StoredBody::Kept(bytes) => bytes.len(),
             StoredBody::Dropped { .. } => 0,
         };
-        headers + body
+        self.headers.bytes.len() + body
     }
 
     /// The replay: the stored status, headers and body, plus `Idempotent-Replayed: true`.
@@ -178,12 +187,8 @@ impl StoredResponse {
                 });
             }
         };
-        // Sized for the stored headers and the replay mark at once: a clone of the stored map
-        // would have to grow to take the mark.
-        let mut headers = HeaderMap::with_capacity(self.headers.len() + 1);
-        for (name, value) in &self.headers {
-            headers.append(name.clone(), value.clone());
-        }
+        // Sized for the stored headers and the replay mark at once.
+        let mut headers = self.headers.to_map(1);
         headers.insert(REPLAYED, HeaderValue::from_static("true"));
         let mut response = Response::new(Body::from(body.clone()));
         *response.status_mut() = self.status;
@@ -201,26 +206,104 @@ pub struct NotKept {
     pub len: u64,
 }
 
-/// Drops the headers that must not be replayed: those [`is_replayable`] refuses, and those the
-/// response's own `Connection` header names.
-fn retain_replayable(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
-    if named.is_empty() && headers.keys().all(is_replayable) {
-        return;
+/// Replayable headers in one buffer: per header, the name's length (`u16`, little-endian), the
+/// name, the value's length (`u32`), the value. Every name and value in it was valid when it was
+/// written, so reading it back cannot fail.
+#[derive(Clone, PartialEq, Eq)]
+struct HeaderBlock {
+    bytes: Bytes,
+    count: usize,
+}
+
+impl HeaderBlock {
+    /// The headers of `headers` that are replayed: neither refused by [`is_replayable`] nor named
+    /// by the response's own `Connection` header.
+    fn replayable(headers: &HeaderMap) -> Self {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .collect();
+        let kept = || {
+            headers
+                .iter()
+                .filter(|(name, _)| is_replayable(name) && !named.contains(name))
+        };
+        let len = kept()
+            .map(|(name, value)| 6 + name.as_str().len() + value.len())
+            .sum();
+        let mut block = Self::builder(len);
+        for (name, value) in kept() {
+            block.push(name.as_str().as_bytes(), value.as_bytes());
+        }
+        block.finish()
     }
-    let dropped: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| !is_replayable(name) || named.contains(name))
-        .cloned()
-        .collect();
-    for name in dropped {
-        headers.remove(name);
+
+    fn builder(len: usize) -> HeaderBlockBuilder {
+        HeaderBlockBuilder {
+            bytes: Vec::with_capacity(len),
+            count: 0,
+        }
+    }
+
+    /// The name and value of every header, in order.
+    fn pairs(&self) -> impl Iterator<Item = (&[u8], Bytes)> + '_ {
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            let bytes = &self.bytes;
+            let name_len = usize::from(u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?));
+            let name = &bytes[at + 2..at + 2 + name_len];
+            at += 2 + name_len;
+            let value_len = u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?) as usize;
+            let value = bytes.slice(at + 4..at + 4 + value_len);
+            at += 4 + value_len;
+            Some((name, value))
+        })
+    }
+
+    /// A header map of these headers, with room for `spare` more.
+    fn to_map(&self, spare: usize) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.count + spare);
+        for (name, value) in self.pairs() {
+            // Both were valid header parts when the block was written.
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name),
+                HeaderValue::from_maybe_shared(value),
+            ) {
+                map.append(name, value);
+            }
+        }
+        map
+    }
+}
+
+/// Writes a [`HeaderBlock`].
+struct HeaderBlockBuilder {
+    bytes: Vec<u8>,
+    count: usize,
+}
+
+impl HeaderBlockBuilder {
+    /// Appends a header whose name and value are valid (a header name is at most 64 KiB long).
+    fn push(&mut self, name: &[u8], value: &[u8]) {
+        let name_len = u16::try_from(name.len()).unwrap_or(u16::MAX);
+        self.bytes.extend_from_slice(&name_len.to_le_bytes());
+        self.bytes.extend_from_slice(&name[..usize::from(name_len)]);
+        self.bytes
+            .extend_from_slice(&(value.len() as u32).to_le_bytes());
+        self.bytes.extend_from_slice(value);
+        self.count += 1;
+    }
+
+    /// The block, holding no spare capacity: a record weighs what it holds.
+    fn finish(mut self) -> HeaderBlock {
+        self.bytes.shrink_to_fit();
+        HeaderBlock {
+            bytes: Bytes::from(self.bytes),
+            count: self.count,
+        }
     }
 }
 
@@ -236,10 +319,13 @@ pub async fn capture(
 ) -> Result<(Response, StoredResponse), axum::Error> {
     let (parts, body) = response.into_parts();
     let bytes = body.collect().await?.to_bytes();
-    let stored = if bytes.len() <= max_body_bytes {
-        StoredResponse::new(parts.status, parts.headers.clone(), bytes.clone())
+    let body = if bytes.len() <= max_body_bytes {
+        StoredBody::Kept(bytes.clone())
     } else {
-        StoredResponse::without_body(parts.status, parts.headers.clone(), bytes.len() as u64)
+        StoredBody::Dropped {
+            len: bytes.len() as u64,
+        }
     };
+    let stored = StoredResponse::from_parts(parts.status, &parts.headers, body);
     Ok((Response::from_parts(parts, Body::from(bytes)), stored))
 }
