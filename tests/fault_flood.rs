@@ -7,6 +7,7 @@
 #![allow(missing_docs)]
 
 mod faults;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

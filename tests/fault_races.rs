@@ -8,10 +8,7 @@
 #![allow(missing_docs)]
 
 mod faults;
-
-#[cfg(feature = "redis")]
-#[path = "../idem-runtime/tests/support/redis_server.rs"]
-mod redis_server;
+mod support;
 
 use std::sync::Arc;
 #[cfg(feature = "redis")]
@@ -124,13 +121,13 @@ async fn races_on_the_memory_store_wait_policy_run_each_key_once() {
 
 #[cfg(feature = "redis")]
 async fn redis_race(conflict: ConflictPolicy) {
-    let Some(target) = redis_server::RedisTarget::get() else {
+    let Some(target) = support::redis_server::RedisTarget::get() else {
         return;
     };
     let dice = Dice::new(seed());
     // One ledger behind two instances, each with its own connection to the shared Redis.
     let payments = app::Payments::default();
-    let prefix = redis_server::unique_prefix();
+    let prefix = support::redis_server::unique_prefix();
     let mut servers = Vec::new();
     for _ in 0..2 {
         // Generous timeouts: this test is about races, and on a loaded machine a claim that times

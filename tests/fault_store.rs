@@ -8,16 +8,12 @@
 #![allow(missing_docs)]
 
 mod faults;
-
-#[cfg(feature = "redis")]
-#[path = "../idem-runtime/tests/support/redis_server.rs"]
-mod redis_server;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use faults::store::{Fault, FaultyStore, Operation};
 use faults::{
     Attempts, Definitive, Dice, Served, app, assert_each_charged_once, bounded, charge,
     charges_by_amount, client, payments_router, retry_until_definitive, seed, size,
@@ -26,6 +22,7 @@ use futures_util::StreamExt;
 use futures_util::stream;
 use idem::config::{ConflictPolicy, Idempotency};
 use idem::store::{IdempotencyStore, MemoryStore};
+use support::store::{Fault, FaultyStore, Operation};
 
 const CONCURRENCY: usize = 8;
 /// Share of claims and lookups that fail or stall.
@@ -100,11 +97,11 @@ async fn assert_nothing_stuck(
 async fn faulty_store_run(conflict: ConflictPolicy, ops: usize) {
     let dice = Arc::new(Dice::new(seed()));
     let memory: Arc<dyn IdempotencyStore> = Arc::new(MemoryStore::default());
-    let store = Arc::new(FaultyStore::new(
-        memory,
-        Arc::clone(&dice),
-        STORE_TIMEOUT * 3,
-    ));
+    let store = Arc::new(
+        FaultyStore::new(memory)
+            .with_dice(Arc::clone(&dice))
+            .stalling_for(STORE_TIMEOUT * 3),
+    );
     store.fault(Operation::Claim, FAULT_RATE);
     store.fault(Operation::Lookup, FAULT_RATE);
     store.fault(Operation::Complete, COMPLETE_FAULT_RATE);
@@ -176,13 +173,13 @@ async fn store_faults_wait_policy_fail_closed_and_leave_nothing_stuck() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_and_restarted_mid_run_fails_closed_and_recovers() {
     bounded(async {
-        let Some(mut redis) = redis_server::RedisServer::start() else {
+        let Some(mut redis) = support::redis_server::RedisServer::start() else {
             return;
         };
         let dice = Dice::new(seed());
         let store = idem::store::RedisStore::builder()
             .url(redis.url())
-            .prefix(redis_server::unique_prefix())
+            .prefix(support::redis_server::unique_prefix())
             .connect_timeout(Duration::from_millis(200))
             .response_timeout(Duration::from_millis(200))
             .build()
@@ -257,11 +254,11 @@ async fn a_claim_whose_answer_was_lost_blocks_its_key_for_one_lease_and_never_ru
     bounded(async {
         let dice = Arc::new(Dice::new(seed()));
         let memory: Arc<dyn IdempotencyStore> = Arc::new(MemoryStore::default());
-        let store = Arc::new(FaultyStore::new(
-            memory,
-            Arc::clone(&dice),
-            STORE_TIMEOUT * 3,
-        ));
+        let store = Arc::new(
+            FaultyStore::new(memory)
+                .with_dice(Arc::clone(&dice))
+                .stalling_for(STORE_TIMEOUT * 3),
+        );
         store.fault(Operation::Claim, 1.0);
         store.only(&[Fault::FailAfter]);
         let payments = app::Payments::default();

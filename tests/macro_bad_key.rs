@@ -3,14 +3,14 @@
 
 #![allow(missing_docs)]
 
-mod macro_support;
+mod support;
 
 use axum::extract::State;
 use axum::http::Method;
 use axum::routing::post;
 use axum::{Json, Router};
 use idem::idempotent;
-use macro_support::{Probe, app, post as post_request, request, send};
+use support::{Probe, app, post as post_request, request, send};
 
 #[idempotent(post)]
 async fn create(State(probe): State<Probe>, Json(amount): Json<u64>) -> String {

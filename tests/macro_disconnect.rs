@@ -3,13 +3,13 @@
 
 #![allow(missing_docs)]
 
-mod macro_support;
+mod support;
 
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 use idem::idempotent;
-use macro_support::{Probe, app, post as post_request, send};
+use support::{Probe, app, post as post_request, send};
 
 // `conflict = wait`, so that a retry arriving while the first request still runs waits for its
 // answer instead of getting a 409.

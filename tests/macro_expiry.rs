@@ -3,7 +3,7 @@
 
 #![allow(missing_docs)]
 
-mod macro_support;
+mod support;
 
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 use idem::idempotent;
-use macro_support::{Probe, app, post as post_request, send};
+use support::{Probe, app, post as post_request, send};
 
 #[idempotent(post, ttl = "1s")]
 async fn short_lived(State(probe): State<Probe>, Json(amount): Json<u64>) -> String {

@@ -3,14 +3,14 @@
 
 #![allow(missing_docs)]
 
-mod macro_support;
+mod support;
 
 use axum::extract::State;
 use axum::http::Method;
 use axum::routing::post;
 use axum::{Json, Router};
 use idem::idempotent;
-use macro_support::{Probe, app, request, send};
+use support::{Probe, app, request, send};
 
 #[idempotent(post)]
 async fn upsert(State(probe): State<Probe>, Json(amount): Json<u64>) -> String {

@@ -4,7 +4,7 @@
 
 #![allow(missing_docs)]
 
-mod macro_support;
+mod support;
 
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
@@ -13,9 +13,9 @@ use axum::routing::post;
 use axum::{Json, Router};
 use idem::fingerprint::{FingerprintInput, Fingerprinter};
 use idem::idempotent;
-use macro_support::{Probe, app, request, send};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use support::{Probe, app, request, send};
 
 #[derive(Deserialize, Serialize)]
 struct Options {

@@ -3,7 +3,7 @@
 
 #![allow(missing_docs)]
 
-mod macro_support;
+mod support;
 
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use axum::http::{Method, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use idem::idempotent;
-use macro_support::{Probe, app, post as post_request, request, send};
+use support::{Probe, app, post as post_request, request, send};
 
 #[idempotent(post, header = "X-Request-Key")]
 async fn custom_header(State(probe): State<Probe>, Json(amount): Json<u64>) -> String {

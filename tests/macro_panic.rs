@@ -2,13 +2,13 @@
 
 #![allow(missing_docs)]
 
-mod macro_support;
+mod support;
 
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 use idem::idempotent;
-use macro_support::{Probe, app, post as post_request, send};
+use support::{Probe, app, post as post_request, send};
 
 #[idempotent(post)]
 async fn flaky(State(probe): State<Probe>, Json(amount): Json<u64>) -> String {

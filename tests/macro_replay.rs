@@ -3,7 +3,7 @@
 
 #![allow(missing_docs)]
 
-mod macro_support;
+mod support;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -11,8 +11,8 @@ use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
 use idem::idempotent;
-use macro_support::{Probe, app, post as post_request, send};
 use serde_json::{Value, json};
+use support::{Probe, app, post as post_request, send};
 
 #[idempotent(post)]
 async fn create_charge(State(probe): State<Probe>, Json(charge): Json<Value>) -> impl IntoResponse {

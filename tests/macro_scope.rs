@@ -3,7 +3,7 @@
 
 #![allow(missing_docs)]
 
-mod macro_support;
+mod support;
 
 use axum::extract::State;
 use axum::http::Method;
@@ -11,7 +11,7 @@ use axum::http::request::Parts;
 use axum::routing::post;
 use axum::{Json, Router};
 use idem::{Scope, idempotent};
-use macro_support::{Probe, app, request, send};
+use support::{Probe, app, request, send};
 
 #[idempotent(post)]
 async fn create(State(probe): State<Probe>, Json(amount): Json<u64>) -> String {

@@ -1,19 +1,34 @@
-//! A store wrapper that injects faults into chosen operations, at random, while switched on.
+//! The store wrapper every test with a misbehaving store uses: it passes each operation to an
+//! inner store, and injects faults, holds and observations into chosen ones.
 //!
 //! A fault happens either before the inner store is asked (nothing changed) or after it answered
 //! (the change is made, but the caller never learns it — a lost acknowledgement), as a failure or
-//! as a stall longer than the runtime's store timeout. The wrapper also counts, per key, the fresh
-//! claims that actually reached the runtime: a handler may only ever run for one of those.
+//! as a stall longer than the runtime's store timeout. Faults are injected
+//!
+//! - at random, into a share of the calls of an operation, while the wrapper is switched on
+//!   ([`FaultyStore::fault`], [`FaultyStore::set_active`]), or
+//! - into every call of an operation, until cleared ([`FaultyStore::force`]).
+//!
+//! An operation can also be held at a gate until released ([`FaultyStore::hold`]), and a test can
+//! wait until an operation has been asked for ([`FaultyStore::called`]). The wrapper counts, per
+//! key, the fresh claims that actually reached the runtime: a handler may only ever run for one of
+//! those.
+//!
+//! It never answers [`IdempotencyStore::peek`], so that every request goes through
+//! [`IdempotencyStore::claim`], where the faults are.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use idem::fingerprint::Fingerprint;
 use idem::replay::StoredResponse;
-use idem::store::{Claim, ClaimToken, Completion, IdempotencyStore, Record, StoreError, StoreKey};
+use idem::store::{
+    Claim, ClaimToken, Completion, IdempotencyStore, MemoryStore, Record, StoreError, StoreKey,
+};
+use tokio::sync::watch;
 
 use super::Dice;
 
@@ -24,6 +39,14 @@ pub enum Operation {
     Complete,
     Release,
     Lookup,
+}
+
+impl Operation {
+    const ALL: [Self; 4] = [Self::Claim, Self::Complete, Self::Release, Self::Lookup];
+
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// What goes wrong.
@@ -46,48 +69,113 @@ const KINDS: [Fault; 4] = [
     Fault::StallAfter,
 ];
 
+/// How long a stall lasts unless [`FaultyStore::stalling_for`] says otherwise: far longer than
+/// any store timeout a test sets.
+const STALL: Duration = Duration::from_secs(3600);
+
 /// The wrapper.
 pub struct FaultyStore {
     inner: Arc<dyn IdempotencyStore>,
-    dice: Arc<Dice>,
-    /// Faults are injected only while this is on.
-    pub active: AtomicBool,
+    /// Random faults are injected only while this is on.
+    active: AtomicBool,
+    dice: Option<Arc<Dice>>,
     rates: Mutex<HashMap<Operation, f64>>,
     kinds: Mutex<Vec<Fault>>,
-    /// How long a stall lasts: longer than the runtime's store timeout.
+    forced: Mutex<HashMap<Operation, Fault>>,
+    /// Per operation: whether its calls wait at the gate.
+    held: [watch::Sender<bool>; 4],
+    /// How long a stall lasts.
     stall: Duration,
     injected: Mutex<HashMap<(Operation, Fault), usize>>,
     fresh_claims: Mutex<HashMap<String, usize>>,
-    calls: AtomicUsize,
+    /// Calls asked for, per operation.
+    calls: watch::Sender<[usize; 4]>,
 }
 
 impl FaultyStore {
-    pub fn new(inner: Arc<dyn IdempotencyStore>, dice: Arc<Dice>, stall: Duration) -> Self {
+    /// A wrapper around `inner` that changes nothing until told to.
+    pub fn new(inner: Arc<dyn IdempotencyStore>) -> Self {
         Self {
             inner,
-            dice,
             active: AtomicBool::new(false),
+            dice: None,
             rates: Mutex::new(HashMap::new()),
             kinds: Mutex::new(KINDS.to_vec()),
-            stall,
+            forced: Mutex::new(HashMap::new()),
+            held: Operation::ALL.map(|_| watch::channel(false).0),
+            stall: STALL,
             injected: Mutex::new(HashMap::new()),
             fresh_claims: Mutex::new(HashMap::new()),
-            calls: AtomicUsize::new(0),
+            calls: watch::channel([0; 4]).0,
         }
     }
 
-    /// Faults `operation` with probability `rate` while active.
+    /// A wrapper around a fresh [`MemoryStore`].
+    pub fn memory() -> Self {
+        Self::new(Arc::new(MemoryStore::default()))
+    }
+
+    /// Random faults are drawn from `dice` (see [`FaultyStore::fault`]).
+    #[must_use]
+    pub fn with_dice(mut self, dice: Arc<Dice>) -> Self {
+        self.dice = Some(dice);
+        self
+    }
+
+    /// A stall lasts `stall` (an hour by default), then fails.
+    #[must_use]
+    pub fn stalling_for(mut self, stall: Duration) -> Self {
+        self.stall = stall;
+        self
+    }
+
+    /// Faults `operation` with probability `rate` while active, with a kind drawn at random from
+    /// those allowed (see [`FaultyStore::only`]).
+    ///
+    /// # Panics
+    ///
+    /// Without [`FaultyStore::with_dice`].
     pub fn fault(&self, operation: Operation, rate: f64) {
+        assert!(self.dice.is_some(), "random faults need dice");
         self.rates.lock().unwrap().insert(operation, rate);
     }
 
-    /// Injects only these kinds of fault (all four by default).
+    /// Injects only these kinds of random fault (all four by default).
     pub fn only(&self, kinds: &[Fault]) {
         *self.kinds.lock().unwrap() = kinds.to_vec();
     }
 
+    /// Switches random faults on or off.
     pub fn set_active(&self, active: bool) {
         self.active.store(active, Ordering::SeqCst);
+    }
+
+    /// Every call of `operation` gets `fault` from now on, whether active or not; `None` clears it.
+    pub fn force(&self, operation: Operation, fault: Option<Fault>) {
+        let mut forced = self.forced.lock().unwrap();
+        match fault {
+            Some(fault) => forced.insert(operation, fault),
+            None => forced.remove(&operation),
+        };
+    }
+
+    /// Calls of `operation` wait, before the inner store is asked, until [`FaultyStore::release`].
+    pub fn hold(&self, operation: Operation) {
+        self.held[operation.index()].send_replace(true);
+    }
+
+    /// Lets held and later calls of `operation` go on.
+    pub fn release(&self, operation: Operation) {
+        self.held[operation.index()].send_replace(false);
+    }
+
+    /// Waits until `operation` has been asked for `n` times in all.
+    pub async fn called(&self, operation: Operation, n: usize) {
+        let mut calls = self.calls.subscribe();
+        calls
+            .wait_for(|calls| calls[operation.index()] >= n)
+            .await
+            .expect("kept by the store");
     }
 
     /// Faults injected, by operation and kind.
@@ -122,22 +210,19 @@ impl FaultyStore {
 
     /// Store operations asked for, faulted or not.
     pub fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
+        self.calls.borrow().iter().sum()
     }
 
     fn pick(&self, operation: Operation) -> Option<Fault> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        if !self.active.load(Ordering::SeqCst) {
-            return None;
-        }
-        let rate = self.rates.lock().unwrap().get(&operation).copied()?;
-        if !self.dice.chance(rate) {
-            return None;
-        }
-        let fault = {
-            let kinds = self.kinds.lock().unwrap();
-            kinds[self.dice.below(kinds.len() as u64) as usize]
-        };
+        self.calls
+            .send_modify(|calls| calls[operation.index()] += 1);
+        let fault = self
+            .forced
+            .lock()
+            .unwrap()
+            .get(&operation)
+            .copied()
+            .or_else(|| self.random(operation))?;
         *self
             .injected
             .lock()
@@ -147,12 +232,30 @@ impl FaultyStore {
         Some(fault)
     }
 
-    /// Runs `op` on the inner store with the fault chosen for `operation`, if any.
+    fn random(&self, operation: Operation) -> Option<Fault> {
+        if !self.active.load(Ordering::SeqCst) {
+            return None;
+        }
+        let rate = self.rates.lock().unwrap().get(&operation).copied()?;
+        let dice = self.dice.as_ref()?;
+        if !dice.chance(rate) {
+            return None;
+        }
+        let kinds = self.kinds.lock().unwrap();
+        Some(kinds[dice.below(kinds.len() as u64) as usize])
+    }
+
+    /// Runs `op` on the inner store, after the gate of `operation` and with the fault chosen for
+    /// it, if any.
     async fn with_fault<T, F>(&self, operation: Operation, op: F) -> Result<T, StoreError>
     where
         F: std::future::Future<Output = Result<T, StoreError>>,
     {
         let fault = self.pick(operation);
+        let mut held = self.held[operation.index()].subscribe();
+        held.wait_for(|held| !*held)
+            .await
+            .expect("kept by the store");
         match fault {
             Some(Fault::FailBefore) => return Err(StoreError::new("injected failure")),
             Some(Fault::StallBefore) => {
