@@ -1,10 +1,13 @@
 //! A key reused for a different request (body, path, query, route or a fingerprinted extractor)
-//! gets `422` and the handler does not run; inputs marked `#[idem(skip)]` and non-inputs do not
-//! count.
+//! gets `422` and the handler does not run; inputs marked `#[idem(skip)]`, non-inputs, a JSON
+//! object's member order and whitespace do not count.
 
 #![allow(missing_docs)]
 
 mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
@@ -14,8 +17,8 @@ use axum::{Json, Router};
 use idem::fingerprint::{FingerprintInput, Fingerprinter};
 use idem::idempotent;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use support::{Probe, app, request, send};
+use serde_json::{Value, json};
+use support::{Probe, app, orders, post as post_request, post_json, request, send};
 
 #[derive(Deserialize, Serialize)]
 struct Options {
@@ -80,11 +83,25 @@ async fn charge(
     )
 }
 
+/// A map body, whose iteration order must not matter.
+#[idempotent(post)]
+async fn create_tally(
+    State(probe): State<Probe>,
+    Json(tally): Json<HashMap<String, u64>>,
+) -> (StatusCode, String) {
+    let n = probe.run();
+    (
+        StatusCode::CREATED,
+        format!("tally {n} of {} entries", tally.len()),
+    )
+}
+
 fn router(probe: &Probe) -> Router {
     app(
-        Router::new()
+        orders()
             .route("/accounts/{account}/charges", post(charge))
-            .route("/accounts/{account}/refunds", post(charge)),
+            .route("/accounts/{account}/refunds", post(charge))
+            .route("/tallies", post(create_tally)),
         probe,
     )
 }
@@ -187,4 +204,82 @@ async fn a_mismatch_is_not_stored() {
     let retry = send(&app, charge_request("/accounts/a1/charges", "c1", "t", "1")).await;
     assert!(retry.is_replay());
     assert_eq!(retry.body, first.body);
+}
+
+#[tokio::test]
+async fn another_body_with_the_same_key_is_refused() {
+    let probe = Probe::default();
+    let app = router(&probe);
+    send(
+        &app,
+        post_json("/orders", Some("k"), &json!({"amount": 500})),
+    )
+    .await;
+    let other = send(
+        &app,
+        post_json("/orders", Some("k"), &json!({"amount": 501})),
+    )
+    .await;
+    other.assert_problem(422, "key-reused");
+    assert_eq!(probe.runs(), 1);
+}
+
+#[tokio::test]
+async fn another_path_with_the_same_key_is_refused() {
+    let probe = Probe::default();
+    let app = router(&probe);
+    let order = json!({"amount": 5});
+    send(&app, post_json("/orders/a", Some("k"), &order)).await;
+    send(&app, post_json("/orders/b", Some("k"), &order))
+        .await
+        .assert_problem(422, "key-reused");
+    send(&app, post_json("/orders/a?x=1", Some("k"), &order))
+        .await
+        .assert_problem(422, "key-reused");
+    assert_eq!(probe.runs(), 1);
+}
+
+#[tokio::test]
+async fn another_route_with_the_same_key_is_refused() {
+    let probe = Probe::default();
+    let app = router(&probe);
+    let order = json!({"amount": 5});
+    send(&app, post_json("/orders", Some("k"), &order)).await;
+    send(&app, post_json("/other-orders", Some("k"), &order))
+        .await
+        .assert_problem(422, "key-reused");
+    assert_eq!(probe.runs(), 1);
+}
+
+#[tokio::test]
+async fn a_different_request_during_execution_is_refused() {
+    let probe = Probe::default();
+    let app = router(&probe);
+    let slow = send(
+        &app,
+        post_json("/orders", Some("k"), &json!({"amount": 1, "delay_ms": 300})),
+    );
+    let other = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        send(&app, post_json("/orders", Some("k"), &json!({"amount": 2}))).await
+    };
+    let (first, other) = tokio::join!(slow, other);
+    assert_eq!(first.status, 201);
+    other.assert_problem(422, "key-reused");
+    assert_eq!(probe.runs(), 1);
+}
+
+#[tokio::test]
+async fn member_order_and_whitespace_do_not_make_a_different_request() {
+    let probe = Probe::default();
+    let app = router(&probe);
+    let tally = |body: &str| send(&app, post_request("/tallies", Some("tally"), body));
+    let first = tally(r#"{"a":1,"b":2,"c":3}"#).await;
+    assert_eq!(first.status, 201);
+    let reordered = tally("{ \"c\": 3,\n \"a\": 1, \"b\": 2 }").await;
+    assert!(reordered.is_replay());
+    tally(r#"{"a":1,"b":2,"c":4}"#)
+        .await
+        .assert_problem(422, "key-reused");
+    assert_eq!(probe.runs(), 1);
 }
