@@ -1,6 +1,6 @@
-//! A flood of unique keys, many times what the in-memory store may hold, over real HTTP: the
-//! store's weighted size never passes its byte bound, old keys are evicted, and every request is
-//! still answered.
+//! A flood of unique keys, many times what the in-memory store may hold, in process and over real
+//! HTTP: the store's weighted size never passes its byte bound, old keys are evicted, and every
+//! request is still answered.
 //!
 //! `IDEM_SOAK=1` sends ten times as many keys.
 
@@ -20,6 +20,8 @@ use idem::config::Idempotency;
 use idem::key::IdempotencyKey;
 use idem::scope::Scope;
 use idem::store::{IdempotencyStore, MemoryStore, StoreKey};
+use serde_json::json;
+use support::{Probe, app_with, orders, post_json, send};
 
 /// The store's bound: 64 KiB.
 const BOUND: u64 = 64 * 1024;
@@ -123,4 +125,36 @@ async fn a_flood_of_unique_keys_stays_under_the_byte_bound_and_is_answered() {
         );
     })
     .await;
+}
+
+#[tokio::test]
+async fn the_service_keeps_answering_when_the_store_is_full() {
+    let store = Arc::new(MemoryStore::builder().max_bytes(64 * 1024).build());
+    let probe = Probe::default();
+    let app = app_with(orders(), &probe, |b| b.shared_store(store.clone()));
+    for n in 0..300 {
+        let key = format!("k{n}");
+        let answer = send(
+            &app,
+            post_json(
+                "/orders",
+                Some(&key),
+                &json!({"amount": n, "body_bytes": 1000}),
+            ),
+        )
+        .await;
+        assert_eq!(answer.status, 201);
+    }
+    assert!(store.weighted_size().await <= 64 * 1024);
+    // The newest key is still replayable.
+    let last = send(
+        &app,
+        post_json(
+            "/orders",
+            Some("k299"),
+            &json!({"amount": 299, "body_bytes": 1000}),
+        ),
+    )
+    .await;
+    assert!(last.is_replay());
 }

@@ -1,8 +1,5 @@
 //! The in-memory store is bounded in bytes: a flood of unique keys evicts old records.
 
-mod support;
-
-use std::sync::Arc;
 use std::time::Duration;
 
 use idem_runtime::fingerprint::Fingerprint;
@@ -10,8 +7,6 @@ use idem_runtime::key::IdempotencyKey;
 use idem_runtime::replay::StoredResponse;
 use idem_runtime::scope::Scope;
 use idem_runtime::store::{Claim, Completion, IdempotencyStore, MemoryStore, StoreKey};
-use serde_json::json;
-use support::{Harness, post_json};
 
 const BOUND: u64 = 256 * 1024;
 
@@ -48,31 +43,4 @@ async fn weighted_size_stays_under_the_bound_under_a_flood() {
     // Records of more than 2 KiB each: at most 128 fit in 256 KiB, the rest were evicted.
     let count = store.entry_count().await;
     assert!(count > 0 && count <= BOUND / 2048, "{count} records held");
-}
-
-#[tokio::test]
-async fn the_service_keeps_answering_when_the_store_is_full() {
-    let store = Arc::new(MemoryStore::builder().max_bytes(64 * 1024).build());
-    let app = Harness::with_store(store.clone(), |b| b);
-    for n in 0..300 {
-        let key = format!("k{n}");
-        let answer = app
-            .send(post_json(
-                "/orders",
-                Some(&key),
-                &json!({"amount": n, "body_bytes": 1000}),
-            ))
-            .await;
-        assert_eq!(answer.status, 201);
-    }
-    assert!(store.weighted_size().await <= 64 * 1024);
-    // The newest key is still replayable.
-    let last = app
-        .send(post_json(
-            "/orders",
-            Some("k299"),
-            &json!({"amount": 299, "body_bytes": 1000}),
-        ))
-        .await;
-    assert!(last.is_replay());
 }
