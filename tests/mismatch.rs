@@ -1,6 +1,7 @@
 //! A key reused for a different request (body, path, query, route or a fingerprinted extractor)
 //! gets `422` and the handler does not run; inputs marked `#[idem(skip)]`, non-inputs, a JSON
-//! object's member order and whitespace do not count.
+//! object's member order and whitespace do not count. An input that cannot be fingerprinted is
+//! refused with `500` before the handler runs.
 
 #![allow(missing_docs)]
 
@@ -16,7 +17,8 @@ use axum::routing::post;
 use axum::{Json, Router};
 use idem::fingerprint::{FingerprintInput, Fingerprinter};
 use idem::idempotent;
-use serde::{Deserialize, Serialize};
+use serde::ser::Error as _;
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Value, json};
 use support::{Probe, app, orders, post as post_request, post_json, request, send};
 
@@ -96,12 +98,31 @@ async fn create_tally(
     )
 }
 
+/// An amount whose `Serialize` fails when it is negative: such a request cannot be fingerprinted.
+#[derive(Deserialize)]
+struct Amount(i64);
+
+impl Serialize for Amount {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.0 < 0 {
+            return Err(S::Error::custom("a negative amount cannot be encoded"));
+        }
+        serializer.serialize_i64(self.0)
+    }
+}
+
+#[idempotent(post)]
+async fn transfer(State(probe): State<Probe>, Json(Amount(amount)): Json<Amount>) -> String {
+    format!("run {} for {amount}", probe.run())
+}
+
 fn router(probe: &Probe) -> Router {
     app(
         orders()
             .route("/accounts/{account}/charges", post(charge))
             .route("/accounts/{account}/refunds", post(charge))
-            .route("/tallies", post(create_tally)),
+            .route("/tallies", post(create_tally))
+            .route("/transfers", post(transfer)),
         probe,
     )
 }
@@ -282,4 +303,31 @@ async fn member_order_and_whitespace_do_not_make_a_different_request() {
         .await
         .assert_problem(422, "key-reused");
     assert_eq!(probe.runs(), 1);
+}
+
+#[tokio::test]
+async fn an_input_that_cannot_be_fingerprinted_gets_500_and_the_handler_does_not_run() {
+    let probe = Probe::default();
+    let app = router(&probe);
+    let refused = send(&app, post_request("/transfers", Some("t"), "-5")).await;
+    refused.assert_problem(500, "fingerprint-failed");
+    assert!(
+        refused
+            .text()
+            .contains("a negative amount cannot be encoded"),
+        "the problem says why: {}",
+        refused.text()
+    );
+    assert!(!refused.is_replay());
+    assert_eq!(probe.runs(), 0, "the handler did not run");
+
+    // Nothing was claimed nor stored: the key is free for the corrected request.
+    let fixed = send(&app, post_request("/transfers", Some("t"), "5")).await;
+    assert_eq!(fixed.status, StatusCode::OK);
+    assert!(!fixed.is_replay());
+    assert_eq!(fixed.text(), "run 1 for 5");
+    // Without a key nothing is fingerprinted, so nothing is refused.
+    let keyless = send(&app, post_request("/transfers", None, "-5")).await;
+    assert_eq!(keyless.text(), "run 2 for -5");
+    assert_eq!(probe.runs(), 2);
 }
