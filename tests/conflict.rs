@@ -55,6 +55,26 @@ async fn a_concurrent_duplicate_gets_409_and_the_first_completes() {
 }
 
 #[tokio::test]
+async fn the_runtime_wide_retry_after_is_sent_with_409() {
+    let probe = Probe::default();
+    let app = app_with(charges(), &probe, |b| b.retry_after(Duration::from_secs(7)));
+
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, post_request("/charges", Some("k"), "7")).await }
+    });
+    probe.started().await;
+
+    let duplicate = send(&app, post_request("/charges", Some("k"), "7")).await;
+    duplicate.assert_problem(409, "request-in-flight");
+    assert_eq!(duplicate.headers["retry-after"], "7");
+
+    probe.open();
+    assert_eq!(first.await.expect("first request").status, 200);
+    assert_eq!(probe.runs(), 1);
+}
+
+#[tokio::test]
 async fn a_different_request_with_the_key_of_a_running_one_gets_422() {
     let probe = Probe::default();
     let app = app(charges(), &probe);
