@@ -1,12 +1,13 @@
-//! A flood of unique keys, many times what the in-memory store may hold, over real HTTP: the
-//! store's weighted size never passes its byte bound, old keys are evicted, and every request is
-//! still answered.
+//! A flood of unique keys, many times what the in-memory store may hold, in process and over real
+//! HTTP: the store's weighted size never passes its byte bound, old keys are evicted, and every
+//! request is still answered.
 //!
 //! `IDEM_SOAK=1` sends ten times as many keys.
 
 #![allow(missing_docs)]
 
 mod faults;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,6 +20,8 @@ use idem::config::Idempotency;
 use idem::key::IdempotencyKey;
 use idem::scope::Scope;
 use idem::store::{IdempotencyStore, MemoryStore, StoreKey};
+use serde_json::json;
+use support::{Probe, app_with, orders, post_json, send};
 
 /// The store's bound: 64 KiB.
 const BOUND: u64 = 64 * 1024;
@@ -62,7 +65,7 @@ async fn a_flood_of_unique_keys_stays_under_the_byte_bound_and_is_answered() {
             );
             async move {
                 while flooding.load(Ordering::SeqCst) {
-                    largest.fetch_max(store.weighted_size().await, Ordering::SeqCst);
+                    largest.fetch_max(store.weighted_size(), Ordering::SeqCst);
                     samples.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
@@ -95,8 +98,8 @@ async fn a_flood_of_unique_keys_stays_under_the_byte_bound_and_is_answered() {
             "every request answered 201"
         );
         assert_eq!(payments.executions(), ops as u64);
-        let held = store.weighted_size().await;
-        let entries = store.entry_count().await;
+        let held = store.weighted_size();
+        let entries = store.entry_count();
         let largest = largest.load(Ordering::SeqCst).max(held);
         assert!(largest <= BOUND, "{largest} bytes held, bound {BOUND}");
         assert!(
@@ -122,4 +125,36 @@ async fn a_flood_of_unique_keys_stays_under_the_byte_bound_and_is_answered() {
         );
     })
     .await;
+}
+
+#[tokio::test]
+async fn the_service_keeps_answering_when_the_store_is_full() {
+    let store = Arc::new(MemoryStore::builder().max_bytes(64 * 1024).build());
+    let probe = Probe::default();
+    let app = app_with(orders(), &probe, |b| b.shared_store(store.clone()));
+    for n in 0..300 {
+        let key = format!("k{n}");
+        let answer = send(
+            &app,
+            post_json(
+                "/orders",
+                Some(&key),
+                &json!({"amount": n, "body_bytes": 1000}),
+            ),
+        )
+        .await;
+        assert_eq!(answer.status, 201);
+    }
+    assert!(store.weighted_size() <= 64 * 1024);
+    // The newest key is still replayable.
+    let last = send(
+        &app,
+        post_json(
+            "/orders",
+            Some("k299"),
+            &json!({"amount": 299, "body_bytes": 1000}),
+        ),
+    )
+    .await;
+    assert!(last.is_replay());
 }

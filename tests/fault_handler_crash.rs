@@ -9,12 +9,12 @@
 #![allow(missing_docs)]
 
 mod faults;
+mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -23,19 +23,16 @@ use axum::routing::post;
 use axum::{Extension, Json, Router};
 use faults::{Served, bounded};
 use futures_util::StreamExt;
-use idem::__private::{Context, HandlerConfig, HandlerOptions, Methods};
 use idem::config::Idempotency;
-use idem::fingerprint::Fingerprint;
-use idem::replay::StoredResponse;
-use idem::store::{
-    Claim, ClaimToken, Completion, IdempotencyStore, MemoryStore, Record, StoreError, StoreKey,
-};
+use idem::idempotent;
+use idem::store::{IdempotencyStore, MemoryStore};
 use reqwest::Client;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use support::store::{FaultyStore, Operation};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 /// Steps of the handler: each one is an await point where it can be hit.
 const STEPS: u32 = 5;
@@ -100,7 +97,9 @@ fn chunks(job: &Job) -> Body {
     Body::from_stream(stream)
 }
 
-async fn job_body(State(jobs): State<Jobs>, Json(job): Json<Job>) -> Response {
+/// `POST /jobs`.
+#[idempotent(post)]
+async fn create_job(State(jobs): State<Jobs>, Json(job): Json<Job>) -> Response {
     jobs.executions.fetch_add(1, Ordering::SeqCst);
     for step in 0..STEPS {
         jobs.progress.send_replace((job.id, step));
@@ -112,21 +111,6 @@ async fn job_body(State(jobs): State<Jobs>, Json(job): Json<Job>) -> Response {
         return (StatusCode::CREATED, chunks(&job)).into_response();
     }
     (StatusCode::CREATED, format!("job {} done", job.id)).into_response()
-}
-
-struct JobOptions;
-impl HandlerConfig for JobOptions {
-    const OPTIONS: HandlerOptions = HandlerOptions {
-        methods: Methods::POST,
-        ..HandlerOptions::DEFAULT
-    };
-}
-
-/// `POST /jobs`, written the way `#[idempotent]` expands.
-async fn create_job(mut ctx: Context<JobOptions>, state: State<Jobs>, body: Json<Job>) -> Response {
-    ctx.input(&state);
-    ctx.input(&body);
-    ctx.run(job_body(state, body)).await
 }
 
 fn router(jobs: &Jobs, store: Arc<dyn IdempotencyStore>, lease: Duration) -> Router {
@@ -291,52 +275,11 @@ async fn a_client_gone_at_any_step_leaves_a_completed_key() {
     .await;
 }
 
-/// A memory store whose completions wait while `hold` is set.
-struct SlowCompletions {
-    inner: MemoryStore,
-    hold: AtomicBool,
-    gate: Semaphore,
-}
-
-#[async_trait]
-impl IdempotencyStore for SlowCompletions {
-    async fn claim(
-        &self,
-        key: &StoreKey,
-        fp: &Fingerprint,
-        lease: Duration,
-    ) -> Result<Claim, StoreError> {
-        self.inner.claim(key, fp, lease).await
-    }
-    async fn complete(
-        &self,
-        key: &StoreKey,
-        token: ClaimToken,
-        fp: &Fingerprint,
-        response: &StoredResponse,
-        ttl: Duration,
-    ) -> Result<Completion, StoreError> {
-        if self.hold.load(Ordering::SeqCst) {
-            let _permit = self.gate.acquire().await.expect("gate open");
-        }
-        self.inner.complete(key, token, fp, response, ttl).await
-    }
-    async fn release(&self, key: &StoreKey, token: ClaimToken) -> Result<(), StoreError> {
-        self.inner.release(key, token).await
-    }
-    async fn lookup(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
-        self.inner.lookup(key).await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_gone_while_the_result_is_being_stored_leaves_a_completed_key() {
     bounded(async {
-        let store = Arc::new(SlowCompletions {
-            inner: MemoryStore::default(),
-            hold: AtomicBool::new(true),
-            gate: Semaphore::new(0),
-        });
+        let store = Arc::new(FaultyStore::memory());
+        store.hold(Operation::Complete);
         let jobs = Jobs::new();
         let server = Served::start(router(&jobs, store.clone(), Duration::from_secs(300))).await;
         // The handler finishes, the completion waits at the gate, the client hangs up.
@@ -344,8 +287,7 @@ async fn a_client_gone_while_the_result_is_being_stored_leaves_a_completed_key()
         while jobs.finished.load(Ordering::SeqCst) == 0 {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        store.hold.store(false, Ordering::SeqCst);
-        store.gate.add_permits(1);
+        store.release(Operation::Complete);
         let (status, replayed, _) =
             until_settled(&client(), &server, "storing", &json!({"id": 300})).await;
         assert_eq!((status, replayed), (201, true));

@@ -6,6 +6,7 @@
 #![allow(missing_docs)]
 
 mod faults;
+mod support;
 
 use std::sync::Arc;
 

@@ -1,17 +1,14 @@
 //! Races: many keys, each sent by many concurrent duplicates at random moments, under both
 //! conflict policies — against one server on the memory store and, with the `redis` feature,
-//! against two servers sharing one Redis. Exactly one execution per key, and every duplicate
-//! ends with the same answer.
+//! against two servers sharing one Redis, or one three-master Redis Cluster. Exactly one
+//! execution per key, and every duplicate ends with the same answer.
 //!
 //! `IDEM_SOAK=1` runs ten times as many keys.
 
 #![allow(missing_docs)]
 
 mod faults;
-
-#[cfg(feature = "redis")]
-#[path = "../idem-runtime/tests/support/redis_server.rs"]
-mod redis_server;
+mod support;
 
 use std::sync::Arc;
 #[cfg(feature = "redis")]
@@ -123,19 +120,41 @@ async fn races_on_the_memory_store_wait_policy_run_each_key_once() {
 }
 
 #[cfg(feature = "redis")]
-async fn redis_race(conflict: ConflictPolicy) {
-    let Some(target) = redis_server::RedisTarget::get() else {
+/// Where a Redis race runs: one server, or a three-master cluster.
+#[cfg(feature = "redis")]
+enum Redis {
+    Server(support::redis_server::RedisTarget),
+    Cluster(support::redis_cluster::RedisCluster),
+}
+
+#[cfg(feature = "redis")]
+impl Redis {
+    fn builder(&self) -> idem::store::RedisStoreBuilder {
+        match self {
+            Self::Server(target) => target.builder(),
+            Self::Cluster(cluster) => cluster.builder(),
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+async fn redis_race(conflict: ConflictPolicy, cluster: bool) {
+    let target = if cluster {
+        support::redis_cluster::RedisCluster::start().map(Redis::Cluster)
+    } else {
+        support::redis_server::RedisTarget::get().map(Redis::Server)
+    };
+    let Some(target) = target else {
         return;
     };
     let dice = Dice::new(seed());
     // One ledger behind two instances, each with its own connection to the shared Redis.
     let payments = app::Payments::default();
-    let prefix = redis_server::unique_prefix();
+    let prefix = support::redis_server::unique_prefix();
     let mut servers = Vec::new();
     for _ in 0..2 {
-        // Generous timeouts: this test is about races, and on a loaded machine a claim that times
-        // out after Redis applied it would block its key for the lease (see fault_store.rs and
-        // RELIABILITY.md for that fault).
+        // Generous timeouts: this test is about races, not about a loaded machine's timeouts
+        // (fault_store.rs has those).
         let store = target
             .builder()
             .prefix(prefix.clone())
@@ -160,11 +179,23 @@ async fn redis_race(conflict: ConflictPolicy) {
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn races_across_two_instances_on_redis_409_policy_run_each_key_once() {
-    bounded(redis_race(ConflictPolicy::Reject)).await;
+    bounded(redis_race(ConflictPolicy::Reject, false)).await;
 }
 
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn races_across_two_instances_on_redis_wait_policy_run_each_key_once() {
-    bounded(redis_race(ConflictPolicy::Wait)).await;
+    bounded(redis_race(ConflictPolicy::Wait, false)).await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn races_across_two_instances_on_a_redis_cluster_409_policy_run_each_key_once() {
+    bounded(redis_race(ConflictPolicy::Reject, true)).await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn races_across_two_instances_on_a_redis_cluster_wait_policy_run_each_key_once() {
+    bounded(redis_race(ConflictPolicy::Wait, true)).await;
 }

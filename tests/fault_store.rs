@@ -8,16 +8,12 @@
 #![allow(missing_docs)]
 
 mod faults;
-
-#[cfg(feature = "redis")]
-#[path = "../idem-runtime/tests/support/redis_server.rs"]
-mod redis_server;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use faults::store::{Fault, FaultyStore, Operation};
 use faults::{
     Attempts, Definitive, Dice, Served, app, assert_each_charged_once, bounded, charge,
     charges_by_amount, client, payments_router, retry_until_definitive, seed, size,
@@ -26,6 +22,7 @@ use futures_util::StreamExt;
 use futures_util::stream;
 use idem::config::{ConflictPolicy, Idempotency};
 use idem::store::{IdempotencyStore, MemoryStore};
+use support::store::{Fault, FaultyStore, Operation};
 
 const CONCURRENCY: usize = 8;
 /// Share of claims and lookups that fail or stall.
@@ -36,7 +33,7 @@ const FAULT_RATE: f64 = 0.2;
 const COMPLETE_FAULT_RATE: f64 = 0.1;
 /// How long the runtime waits for the store before answering 503.
 const STORE_TIMEOUT: Duration = Duration::from_millis(100);
-/// A claim whose answer was lost blocks its key this long.
+/// The lease of the fault runs' claims.
 const LEASE: Duration = Duration::from_millis(1500);
 
 /// Runs `ops` operations against `server`, counting finished ones in `done`.
@@ -100,11 +97,11 @@ async fn assert_nothing_stuck(
 async fn faulty_store_run(conflict: ConflictPolicy, ops: usize) {
     let dice = Arc::new(Dice::new(seed()));
     let memory: Arc<dyn IdempotencyStore> = Arc::new(MemoryStore::default());
-    let store = Arc::new(FaultyStore::new(
-        memory,
-        Arc::clone(&dice),
-        STORE_TIMEOUT * 3,
-    ));
+    let store = Arc::new(
+        FaultyStore::new(memory)
+            .with_dice(Arc::clone(&dice))
+            .stalling_for(STORE_TIMEOUT * 3),
+    );
     store.fault(Operation::Claim, FAULT_RATE);
     store.fault(Operation::Lookup, FAULT_RATE);
     store.fault(Operation::Complete, COMPLETE_FAULT_RATE);
@@ -176,13 +173,13 @@ async fn store_faults_wait_policy_fail_closed_and_leave_nothing_stuck() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_and_restarted_mid_run_fails_closed_and_recovers() {
     bounded(async {
-        let Some(mut redis) = redis_server::RedisServer::start() else {
+        let Some(mut redis) = support::redis_server::RedisServer::start() else {
             return;
         };
         let dice = Dice::new(seed());
         let store = idem::store::RedisStore::builder()
             .url(redis.url())
-            .prefix(redis_server::unique_prefix())
+            .prefix(support::redis_server::unique_prefix())
             .connect_timeout(Duration::from_millis(200))
             .response_timeout(Duration::from_millis(200))
             .build()
@@ -249,26 +246,21 @@ async fn redis_killed_and_restarted_mid_run_fails_closed_and_recovers() {
     .await;
 }
 
-/// The limit of fail-closed claims, pinned: a claim the store made but whose answer was lost is
-/// held by nobody. The request answers 503, retries answer 409 until the lease runs out, and then
-/// the operation runs — once.
+/// A claim the store made but whose answer was lost (the store failed after applying it) does not
+/// block its key: the request answers 503 and releases its own token, so that the retry runs the
+/// operation at once — long before the claim's lease would have run out — and only once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_claim_whose_answer_was_lost_blocks_its_key_for_one_lease_and_never_runs_twice() {
+async fn a_claim_whose_answer_was_lost_is_released_and_the_retry_runs_at_once() {
     bounded(async {
-        let dice = Arc::new(Dice::new(seed()));
         let memory: Arc<dyn IdempotencyStore> = Arc::new(MemoryStore::default());
-        let store = Arc::new(FaultyStore::new(
-            memory,
-            Arc::clone(&dice),
-            STORE_TIMEOUT * 3,
-        ));
-        store.fault(Operation::Claim, 1.0);
-        store.only(&[Fault::FailAfter]);
+        let store = Arc::new(FaultyStore::new(memory).stalling_for(STORE_TIMEOUT * 3));
+        store.force(Operation::Claim, Some(Fault::FailAfter));
         let payments = app::Payments::default();
         let idempotency = Idempotency::builder()
             .shared_store(store.clone())
             .store_timeout(STORE_TIMEOUT)
-            .lease(Duration::from_millis(300))
+            // A lease no retry could wait out within the test's deadline.
+            .lease(Duration::from_secs(600))
             .build()
             .expect("valid settings");
         let server = Served::start(payments_router(&payments, idempotency)).await;
@@ -281,26 +273,25 @@ async fn a_claim_whose_answer_was_lost_blocks_its_key_for_one_lease_and_never_ru
                 .send()
         };
 
-        store.set_active(true);
         assert_eq!(send().await.unwrap().status(), 503);
-        store.set_active(false);
-        assert_eq!(store.fresh_claims("lost-claim"), 0);
+        store.force(Operation::Claim, None);
         assert_eq!(
-            send().await.unwrap().status(),
-            409,
-            "the lost claim holds the key"
+            store.fresh_claims("lost-claim"),
+            0,
+            "the store applied the claim, but its answer never reached the runtime"
         );
+        assert_eq!(payments.executions(), 0);
 
-        let (answer, _) = retry_until_definitive(
-            &client,
-            &server.url("/charges"),
-            "lost-claim",
-            &charge(0, 0),
-            &dice,
-        )
-        .await;
-        assert_eq!(answer.status, 201);
-        assert!(!answer.replayed);
+        let retry = send().await.unwrap();
+        assert_eq!(
+            retry.status(),
+            201,
+            "the lost claim no longer holds the key"
+        );
+        assert!(retry.headers().get("idempotent-replayed").is_none());
+        let again = send().await.unwrap();
+        assert_eq!(again.status(), 201);
+        assert_eq!(again.headers()["idempotent-replayed"], "true");
         assert_eq!(payments.executions(), 1);
     })
     .await;

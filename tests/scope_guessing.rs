@@ -5,6 +5,7 @@
 #![allow(missing_docs)]
 
 mod faults;
+mod support;
 
 use std::collections::HashSet;
 

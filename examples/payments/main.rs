@@ -2,7 +2,8 @@
 //!
 //! Listens on `$PAYMENTS_ADDR` (default `127.0.0.1:3000`). Keys live in the process's memory, or,
 //! when built with `--features redis` and `$REDIS_URL` is set, in Redis, so that several instances
-//! share them. The routes are described in `app.rs`; the README shows a session with curl.
+//! share them. `$PAYMENTS_LEASE_MS` sets the claims' lease (default: idem's, 15 s). The routes are
+//! described in `app.rs`; the README shows a session with curl.
 
 // The address line is this program's interface: scripts wait for it.
 #![allow(clippy::print_stdout)]
@@ -42,6 +43,13 @@ async fn main() -> Result<(), Box<dyn Error>> {
 /// The idempotency configuration and a description of where keys are kept: Redis when the
 /// `redis` feature is on and `$REDIS_URL` is set, this process's memory otherwise.
 async fn idempotency() -> Result<(Idempotency, String), Box<dyn Error>> {
+    let mut builder = Idempotency::builder();
+    if let Ok(lease) = std::env::var("PAYMENTS_LEASE_MS") {
+        let ms: u64 = lease
+            .parse()
+            .map_err(|_| format!("PAYMENTS_LEASE_MS is {lease:?}, not a number of milliseconds"))?;
+        builder = builder.lease(std::time::Duration::from_millis(ms));
+    }
     #[cfg(feature = "redis")]
     if let Ok(url) = std::env::var("REDIS_URL") {
         let store = idem::store::RedisStore::builder()
@@ -50,8 +58,8 @@ async fn idempotency() -> Result<(Idempotency, String), Box<dyn Error>> {
             .build()
             .await
             .map_err(|error| format!("cannot use Redis at {url}: {error}"))?;
-        let idempotency = Idempotency::builder().store(store).build()?;
+        let idempotency = builder.store(store).build()?;
         return Ok((idempotency, format!("Redis at {url}")));
     }
-    Ok((Idempotency::builder().build()?, "memory".to_owned()))
+    Ok((builder.build()?, "memory".to_owned()))
 }

@@ -2,9 +2,7 @@
 
 #[path = "support/claims.rs"]
 mod claims;
-mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use idem_runtime::fingerprint::Fingerprint;
@@ -14,8 +12,6 @@ use idem_runtime::scope::Scope;
 use idem_runtime::store::{Completion, MemoryStore, StoreKey};
 
 use crate::claims::{Claimed, Claims as _};
-use serde_json::json;
-use support::{Harness, post_json};
 
 const BOUND: u64 = 256 * 1024;
 
@@ -52,31 +48,4 @@ async fn weighted_size_stays_under_the_bound_under_a_flood() {
     // Records of more than 2 KiB each: at most 128 fit in 256 KiB, the rest were evicted.
     let count = store.entry_count();
     assert!(count > 0 && count <= BOUND / 2048, "{count} records held");
-}
-
-#[tokio::test]
-async fn the_service_keeps_answering_when_the_store_is_full() {
-    let store = Arc::new(MemoryStore::builder().max_bytes(64 * 1024).build());
-    let app = Harness::with_store(store.clone(), |b| b);
-    for n in 0..300 {
-        let key = format!("k{n}");
-        let answer = app
-            .send(post_json(
-                "/orders",
-                Some(&key),
-                &json!({"amount": n, "body_bytes": 1000}),
-            ))
-            .await;
-        assert_eq!(answer.status, 201);
-    }
-    assert!(store.weighted_size() <= 64 * 1024);
-    // The newest key is still replayable.
-    let last = app
-        .send(post_json(
-            "/orders",
-            Some("k299"),
-            &json!({"amount": 299, "body_bytes": 1000}),
-        ))
-        .await;
-    assert!(last.is_replay());
 }

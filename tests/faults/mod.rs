@@ -1,5 +1,7 @@
 //! What the fault tests share: the payments router on a real port, a fault-injecting TCP proxy,
-//! a retrying client, a fault-injecting store wrapper, and the run sizes.
+//! a retrying client, and the run sizes. The fault-injecting store wrapper and the seeded
+//! generator are the behaviour tests' own (`support::store`, `support::Dice`): a fault test
+//! declares `mod support;` next to `mod faults;`.
 //!
 //! Every test is bounded: a fixed number of operations, a fixed number of attempts per operation,
 //! and a deadline around the whole run. Random choices come from a seeded generator
@@ -11,21 +13,19 @@
 #[path = "../../examples/payments/app.rs"]
 pub mod app;
 pub mod lossy_proxy;
-pub mod store;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::{Extension, Router};
 use idem::config::Idempotency;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+
+pub use crate::support::Dice;
 
 /// The seed used when `IDEM_FAULT_SEED` is not set.
 const DEFAULT_SEED: u64 = 0x1de3_5eed;
@@ -55,31 +55,6 @@ pub fn seed() -> u64 {
         .unwrap_or(DEFAULT_SEED);
     eprintln!("fault seed: {seed} (set IDEM_FAULT_SEED to repeat)");
     seed
-}
-
-/// A seeded generator shared by the tasks of one test.
-pub struct Dice(Mutex<StdRng>);
-
-impl Dice {
-    pub fn new(seed: u64) -> Self {
-        Self(Mutex::new(StdRng::seed_from_u64(seed)))
-    }
-
-    pub fn chance(&self, p: f64) -> bool {
-        self.0.lock().unwrap().random_bool(p)
-    }
-
-    pub fn below(&self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.0.lock().unwrap().random_range(0..n)
-        }
-    }
-
-    pub fn millis(&self, max: u64) -> Duration {
-        Duration::from_millis(self.below(max + 1))
-    }
 }
 
 /// A server on `127.0.0.1:0`, stopped when dropped.

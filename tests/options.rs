@@ -3,7 +3,7 @@
 
 #![allow(missing_docs)]
 
-mod macro_support;
+mod support;
 
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use axum::http::{Method, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use idem::idempotent;
-use macro_support::{Probe, app, post as post_request, request, send};
+use support::{Probe, app, post as post_request, request, send};
 
 #[idempotent(post, header = "X-Request-Key")]
 async fn custom_header(State(probe): State<Probe>, Json(amount): Json<u64>) -> String {
@@ -182,13 +182,13 @@ async fn wait_timeout_bounds_the_wait_then_answers_409() {
     assert_eq!(probe.runs(), 1);
 }
 
-#[idempotent(post, lease = "1s")]
+#[idempotent(post, lease = "1s", max_hold = "1s")]
 async fn short_lease(State(probe): State<Probe>, Json(amount): Json<u64>) -> String {
     format!("run {} for {amount}", probe.run_gated().await)
 }
 
 #[tokio::test]
-async fn lease_bounds_how_long_an_unfinished_claim_holds_its_key() {
+async fn lease_and_max_hold_bound_how_long_an_unfinished_claim_holds_its_key() {
     let probe = Probe::default();
     let app = app(Router::new().route("/x", post(short_lease)), &probe);
 
@@ -201,7 +201,8 @@ async fn lease_bounds_how_long_an_unfinished_claim_holds_its_key() {
         .await
         .assert_problem(409, "request-in-flight");
 
-    // Past the lease, the claim no longer holds the key: a retry takes it over and runs.
+    // The claim is renewed while its handler runs, but not past `max_hold`: once that and its
+    // last lease are over, the claim no longer holds the key, and a retry takes it over and runs.
     tokio::time::sleep(Duration::from_millis(1300)).await;
     let takeover = tokio::spawn({
         let app = app.clone();

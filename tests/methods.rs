@@ -3,14 +3,16 @@
 
 #![allow(missing_docs)]
 
-mod macro_support;
+mod support;
 
 use axum::extract::State;
 use axum::http::Method;
+use axum::response::Response;
 use axum::routing::post;
 use axum::{Json, Router};
 use idem::idempotent;
-use macro_support::{Probe, app, request, send};
+use serde_json::json;
+use support::{Order, Probe, app, order_response, post_json, request, send};
 
 #[idempotent(post)]
 async fn upsert(State(probe): State<Probe>, Json(amount): Json<u64>) -> String {
@@ -22,11 +24,17 @@ async fn any_method(State(probe): State<Probe>, Json(amount): Json<u64>) -> Stri
     format!("run {} for {amount}", probe.run())
 }
 
+#[idempotent(put)]
+async fn put_only(State(probe): State<Probe>, Json(order): Json<Order>) -> Response {
+    order_response(&probe, order).await
+}
+
 fn router(probe: &Probe) -> Router {
     app(
         Router::new()
             .route("/items", post(upsert).put(upsert).patch(upsert))
-            .route("/all", post(any_method).put(any_method).patch(any_method)),
+            .route("/all", post(any_method).put(any_method).patch(any_method))
+            .route("/puts", post(put_only).put(put_only)),
         probe,
     )
 }
@@ -76,5 +84,29 @@ async fn without_declared_methods_post_put_and_patch_are_idempotent() {
         assert!(retry.is_replay(), "{method} is covered");
         assert_eq!(retry.body, first.body);
     }
+    assert_eq!(probe.runs(), 3);
+}
+
+#[tokio::test]
+async fn a_put_only_handler_lets_post_pass_through() {
+    let probe = Probe::default();
+    let app = router(&probe);
+    let order = json!({"amount": 1});
+    for _ in 0..2 {
+        let answer = send(&app, post_json("/puts", Some("same"), &order)).await;
+        assert_eq!(answer.status, 201);
+        assert!(!answer.is_replay(), "POST is not covered by this handler");
+    }
+    assert_eq!(probe.runs(), 2);
+    let put = || {
+        request(
+            Method::PUT,
+            "/puts",
+            &[("idempotency-key", "same")],
+            &order.to_string(),
+        )
+    };
+    send(&app, put()).await;
+    assert!(send(&app, put()).await.is_replay());
     assert_eq!(probe.runs(), 3);
 }

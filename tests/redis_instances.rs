@@ -4,35 +4,53 @@
 #![cfg(feature = "redis")]
 #![allow(missing_docs)]
 
-#[path = "support/instances.rs"]
-mod instances;
-#[path = "support/redis_server.rs"]
-mod redis_server;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
+use axum::Router;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use idem_runtime::fingerprint::Fingerprint;
-use idem_runtime::replay::StoredResponse;
-use idem_runtime::store::{
-    Claim, ClaimToken, Completion, IdempotencyStore, Record, RedisStore, StoreError, StoreKey,
-};
-use instances::{Service, post_charge};
-use redis_server::{RedisTarget, unique_prefix};
-use tokio::sync::Notify;
+use idem::ConflictPolicy;
+use idem::config::IdempotencyBuilder;
+use idem::store::{IdempotencyStore, RedisStore};
+use serde_json::json;
+use support::redis_server::{RedisTarget, unique_prefix};
+use support::store::{FaultyStore, Operation};
+use support::{Answer, Probe, app_with, orders, post_json, send};
 
 const DUPLICATES: usize = 16;
 const STORE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The lease of the lease-takeover test: a claim lapses quickly.
+const SHORT_LEASE: Duration = Duration::from_millis(300);
 /// The most attempts while waiting for a lease to lapse: a bound, not a timing assertion.
 const ATTEMPTS: usize = 1000;
 
+/// One instance of the service: the order handler on `store`, with `configure`'s settings.
+fn instance(
+    probe: &Probe,
+    store: Arc<dyn IdempotencyStore>,
+    configure: impl FnOnce(IdempotencyBuilder) -> IdempotencyBuilder,
+) -> Router {
+    app_with(orders(), probe, |b| {
+        configure(b.shared_store(store).store_timeout(STORE_TIMEOUT))
+    })
+}
+
+/// `POST /orders` with `key` and `{"amount": amount}` to `instance`.
+async fn order(instance: &Router, key: &str, amount: u64) -> Answer {
+    send(
+        instance,
+        post_json("/orders", Some(key), &json!({"amount": amount})),
+    )
+    .await
+}
+
 /// Waits until the held first execution runs: its request holds the key from then on.
-async fn started(service: &Service) {
+async fn started(probe: &Probe) {
     for _ in 0..ATTEMPTS {
-        if service.executions() == 1 {
+        if probe.runs() == 1 {
             return;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -59,16 +77,16 @@ async fn concurrent_duplicates_over_two_instances_run_once() {
         return;
     };
     let (a, b) = two_stores(&target).await;
-    let service = Service::held();
+    let probe = Probe::holding_first();
     let instances = [
-        service.instance(Arc::new(a), STORE_TIMEOUT),
-        service.instance(Arc::new(b), STORE_TIMEOUT),
+        instance(&probe, Arc::new(a), |b| b),
+        instance(&probe, Arc::new(b), |b| b),
     ];
 
     let mut answers: FuturesUnordered<_> = (0..DUPLICATES)
         .map(|i| {
             let instance = instances[i % 2].clone();
-            tokio::spawn(async move { post_charge(&instance, "/charges", "dup-1", 500).await })
+            tokio::spawn(async move { order(&instance, "dup-1", 500).await })
         })
         .collect();
     // The one execution is held, so every other duplicate answers first, on both instances.
@@ -76,29 +94,29 @@ async fn concurrent_duplicates_over_two_instances_run_once() {
         let answer = answers.next().await.unwrap().unwrap();
         answer.assert_problem(409, "request-in-flight");
     }
-    assert_eq!(service.executions(), 1);
-    service.open();
+    assert_eq!(probe.runs(), 1);
+    probe.release_first();
     let first = answers.next().await.unwrap().unwrap();
     assert_eq!(first.status, 201);
     assert!(!first.is_replay());
-    assert_eq!(first.body["id"], "ch_1");
+    assert_eq!(first.json()["execution"], 1);
 
     // A retry at either instance is a replay of that one execution.
     for instance in &instances {
-        let retry = post_charge(instance, "/charges", "dup-1", 500).await;
+        let retry = order(instance, "dup-1", 500).await;
         assert_eq!(retry.status, 201);
         assert!(retry.is_replay());
         assert_eq!(retry.body, first.body);
     }
-    assert_eq!(service.executions(), 1);
+    assert_eq!(probe.runs(), 1);
 
     // The same key with another body is refused on both.
     for instance in &instances {
-        post_charge(instance, "/charges", "dup-1", 999)
+        order(instance, "dup-1", 999)
             .await
             .assert_problem(422, "key-reused");
     }
-    assert_eq!(service.executions(), 1);
+    assert_eq!(probe.runs(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,16 +125,16 @@ async fn a_retry_at_another_instance_is_replayed() {
         return;
     };
     let (a, b) = two_stores(&target).await;
-    let service = Service::new();
-    let one = service.instance(Arc::new(a), STORE_TIMEOUT);
-    let two = service.instance(Arc::new(b), STORE_TIMEOUT);
+    let probe = Probe::default();
+    let one = instance(&probe, Arc::new(a), |b| b);
+    let two = instance(&probe, Arc::new(b), |b| b);
 
-    let first = post_charge(&one, "/charges", "retry-1", 700).await;
+    let first = order(&one, "retry-1", 700).await;
     assert_eq!((first.status.as_u16(), first.is_replay()), (201, false));
-    let retry = post_charge(&two, "/charges", "retry-1", 700).await;
+    let retry = order(&two, "retry-1", 700).await;
     assert_eq!((retry.status.as_u16(), retry.is_replay()), (201, true));
     assert_eq!(retry.body, first.body);
-    assert_eq!(service.executions(), 1);
+    assert_eq!(probe.runs(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,61 +157,22 @@ async fn the_local_tier_replays_what_another_instance_stored() {
         .build()
         .await
         .unwrap();
-    let service = Service::new();
-    let one = service.instance(Arc::new(a), STORE_TIMEOUT);
-    let two = service.instance(Arc::new(b), STORE_TIMEOUT);
+    let probe = Probe::default();
+    let one = instance(&probe, Arc::new(a), |b| b);
+    let two = instance(&probe, Arc::new(b), |b| b);
 
-    let first = post_charge(&one, "/charges", "tier-1", 300).await;
+    let first = order(&one, "tier-1", 300).await;
     for _ in 0..3 {
         for instance in [&one, &two] {
-            let retry = post_charge(instance, "/charges", "tier-1", 300).await;
+            let retry = order(instance, "tier-1", 300).await;
             assert!(retry.is_replay());
             assert_eq!(retry.body, first.body);
-            post_charge(instance, "/charges", "tier-1", 301)
+            order(instance, "tier-1", 301)
                 .await
                 .assert_problem(422, "key-reused");
         }
     }
-    assert_eq!(service.executions(), 1);
-}
-
-/// A store that says when it is asked to look a record up: the runtime's wait mode polls lookup.
-struct Observed {
-    inner: RedisStore,
-    looked_up: Arc<Notify>,
-}
-
-#[async_trait]
-impl IdempotencyStore for Observed {
-    async fn claim(
-        &self,
-        key: &StoreKey,
-        fp: &Fingerprint,
-        lease: Duration,
-    ) -> Result<Claim, StoreError> {
-        self.inner.claim(key, fp, lease).await
-    }
-
-    async fn complete(
-        &self,
-        key: &StoreKey,
-        token: ClaimToken,
-        fp: &Fingerprint,
-        response: &StoredResponse,
-        ttl: Duration,
-    ) -> Result<Completion, StoreError> {
-        self.inner.complete(key, token, fp, response, ttl).await
-    }
-
-    async fn release(&self, key: &StoreKey, token: ClaimToken) -> Result<(), StoreError> {
-        self.inner.release(key, token).await
-    }
-
-    async fn lookup(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
-        let record = self.inner.lookup(key).await;
-        self.looked_up.notify_one();
-        record
-    }
+    assert_eq!(probe.runs(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,40 +181,43 @@ async fn a_waiting_duplicate_at_another_instance_gets_the_first_answer() {
         return;
     };
     let (a, b) = two_stores(&target).await;
-    let looked_up = Arc::new(Notify::new());
-    let service = Service::held();
-    let one = service.instance(Arc::new(a), STORE_TIMEOUT);
-    let two = service.instance(
-        Arc::new(Observed {
-            inner: b,
-            looked_up: Arc::clone(&looked_up),
-        }),
-        STORE_TIMEOUT,
-    );
+    // The second instance's store says when it is asked to look a record up: the runtime's wait
+    // mode polls lookup.
+    let observed = Arc::new(FaultyStore::new(Arc::new(b)));
+    let probe = Probe::holding_first();
+    let waiting = |b: IdempotencyBuilder| {
+        b.conflict(ConflictPolicy::Wait)
+            .wait_timeout(Duration::from_secs(60))
+    };
+    let one = instance(&probe, Arc::new(a), waiting);
+    let two = instance(&probe, observed.clone(), waiting);
 
     let first = tokio::spawn({
         let one = one.clone();
-        async move { post_charge(&one, "/charges/wait", "wait-1", 900).await }
+        async move { order(&one, "wait-1", 900).await }
     });
-    started(&service).await;
+    started(&probe).await;
 
     let waiting = tokio::spawn({
         let two = two.clone();
-        async move { post_charge(&two, "/charges/wait", "wait-1", 900).await }
+        async move { order(&two, "wait-1", 900).await }
     });
     // It found the key in flight and is polling for the result on the other instance.
-    tokio::time::timeout(Duration::from_secs(30), looked_up.notified())
-        .await
-        .expect("the duplicate polls for the result");
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        observed.called(Operation::Lookup, 1),
+    )
+    .await
+    .expect("the duplicate polls for the result");
     assert!(!waiting.is_finished());
-    service.open();
+    probe.release_first();
 
     let first = first.await.unwrap();
     let waited = waiting.await.unwrap();
     assert_eq!((first.status.as_u16(), first.is_replay()), (201, false));
     assert_eq!((waited.status.as_u16(), waited.is_replay()), (201, true));
     assert_eq!(waited.body, first.body);
-    assert_eq!(service.executions(), 1);
+    assert_eq!(probe.runs(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,20 +226,22 @@ async fn a_vanished_owner_is_taken_over_after_its_lease_and_cannot_overwrite() {
         return;
     };
     let (a, b) = two_stores(&target).await;
-    let service = Service::held();
-    let one = service.instance(Arc::new(a), STORE_TIMEOUT);
-    let two = service.instance(Arc::new(b), STORE_TIMEOUT);
+    let probe = Probe::holding_first();
+    // A claim is renewed while its handler runs, up to `max_hold`: here no longer than one lease.
+    let short_lease = |b: IdempotencyBuilder| b.lease(SHORT_LEASE).max_hold(SHORT_LEASE);
+    let one = instance(&probe, Arc::new(a), short_lease);
+    let two = instance(&probe, Arc::new(b), short_lease);
 
-    // Instance one's execution hangs past its lease.
+    // Instance one's execution hangs past its lease and its hold.
     let stuck = tokio::spawn({
         let one = one.clone();
-        async move { post_charge(&one, "/charges/short-lease", "lease-1", 100).await }
+        async move { order(&one, "lease-1", 100).await }
     });
-    started(&service).await;
+    started(&probe).await;
     // Instance two gets 409 while the lease holds, then takes the key over and runs.
     let mut takeover = None;
     for _ in 0..ATTEMPTS {
-        let answer = post_charge(&two, "/charges/short-lease", "lease-1", 100).await;
+        let answer = order(&two, "lease-1", 100).await;
         if answer.status == 409 {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
@@ -270,17 +254,21 @@ async fn a_vanished_owner_is_taken_over_after_its_lease_and_cannot_overwrite() {
         (takeover.status.as_u16(), takeover.is_replay()),
         (201, false)
     );
-    assert_eq!(takeover.body["id"], "ch_2");
+    assert_eq!(takeover.json()["execution"], 2);
 
     // The late owner still answers its own caller, but its result is not stored over the new one.
-    service.open();
+    probe.release_first();
     let late = stuck.await.unwrap();
     assert_eq!((late.status.as_u16(), late.is_replay()), (201, false));
-    assert_eq!(late.body["id"], "ch_1");
+    assert_eq!(late.json()["execution"], 1);
     for instance in [&one, &two] {
-        let retry = post_charge(instance, "/charges/short-lease", "lease-1", 100).await;
+        let retry = order(instance, "lease-1", 100).await;
         assert!(retry.is_replay());
-        assert_eq!(retry.body["id"], "ch_2", "the new owner's result stands");
+        assert_eq!(
+            retry.json()["execution"],
+            2,
+            "the new owner's result stands"
+        );
     }
-    assert_eq!(service.executions(), 2);
+    assert_eq!(probe.runs(), 2);
 }

@@ -3,7 +3,7 @@
 
 #![allow(missing_docs)]
 
-mod macro_support;
+mod support;
 
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
@@ -18,8 +18,8 @@ use axum::routing::post;
 use axum::{Json, Router};
 use bytes::Bytes;
 use idem::{FingerprintInput, Fingerprinter, idempotent};
-use macro_support::{Answer, Probe, app, post as post_request, request, send};
 use serde_json::Value;
+use support::{Answer, Probe, app, post as post_request, request, send};
 
 /// How many times `Counted` was extracted, per idempotency key (tests run side by side).
 static EXTRACTIONS: LazyLock<Mutex<HashMap<String, usize>>> = LazyLock::new(Default::default);

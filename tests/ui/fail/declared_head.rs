@@ -1,0 +1,8 @@
+use idem::idempotent;
+
+#[idempotent(head)]
+async fn charge_exists() -> &'static str {
+    "ok"
+}
+
+fn main() {}
