@@ -347,7 +347,8 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     /// A hint, never a decision: the layer uses it only to answer a retry that repeats a completed
     /// request byte for byte before parsing its body again, and goes through
     /// [`claim`](Self::claim) whenever it returns `None`. A store without a local copy of its
-    /// records keeps the default.
+    /// records keeps the default; a store that wraps another (for metrics, tracing or faults)
+    /// forwards it, or the requests it serves lose the byte-identical replay.
     fn peek(&self, key: &StoreKey) -> Option<Arc<Completed>> {
         let _ = key;
         None
