@@ -104,7 +104,7 @@ async fn prefill(store: &MemoryStore, bytes: u64) {
                 request_digest: None,
                 response: StoredResponse::new(
                     StatusCode::CREATED,
-                    headers.clone(),
+                    &headers.clone(),
                     body.as_bytes().into(),
                 ),
             };

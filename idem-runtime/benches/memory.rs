@@ -79,7 +79,7 @@ async fn fill(store: &MemoryStore, first: u64, n: u64) {
         let completed = Completed {
             fingerprint,
             request_digest: None,
-            response: StoredResponse::new(StatusCode::CREATED, headers, body),
+            response: StoredResponse::new(StatusCode::CREATED, &headers, body),
         };
         store
             .complete(&key, token, Arc::new(completed), TTL)
@@ -96,7 +96,7 @@ fn record_alone() -> i64 {
     headers.insert(CONTENT_TYPE.0, HeaderValue::from_static(CONTENT_TYPE.1));
     let response = StoredResponse::new(
         StatusCode::CREATED,
-        headers,
+        &headers,
         Bytes::from(BODY.as_bytes().to_vec()),
     );
     let before = live_bytes();

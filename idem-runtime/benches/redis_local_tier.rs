@@ -60,7 +60,7 @@ fn response(body_len: usize) -> StoredResponse {
     } else {
         Bytes::from(vec![b'x'; body_len])
     };
-    StoredResponse::new(StatusCode::CREATED, headers, body)
+    StoredResponse::new(StatusCode::CREATED, &headers, body)
 }
 
 /// A completed key in `store`.

@@ -60,7 +60,7 @@ fn response() -> StoredResponse {
     headers.insert("content-type", HeaderValue::from_static("application/json"));
     StoredResponse::new(
         StatusCode::CREATED,
-        headers,
+        &headers,
         r#"{"id":"ch_1","amount":1999,"currency":"eur"}"#.into(),
     )
 }

@@ -34,7 +34,7 @@ async fn weighted_size_stays_under_the_bound_under_a_flood() {
         };
         let response = StoredResponse::new(
             http::StatusCode::CREATED,
-            http::HeaderMap::new(),
+            &http::HeaderMap::new(),
             body.clone(),
         );
         let done = store

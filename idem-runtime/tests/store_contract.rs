@@ -49,7 +49,7 @@ fn response(body: &'static str) -> StoredResponse {
     headers.insert("content-type", HeaderValue::from_static("application/json"));
     StoredResponse::new(
         StatusCode::CREATED,
-        headers,
+        &headers,
         Bytes::from_static(body.as_bytes()),
     )
 }
@@ -105,7 +105,7 @@ async fn concurrent_claims_on_a_free_key_give_exactly_one_fresh(store: Arc<dyn I
         match task.await.unwrap() {
             Claimed::Fresh(_) => fresh += 1,
             Claimed::Existing(record) => {
-                assert_eq!(record, Record::InFlight { fingerprint: fp(1) })
+                assert_eq!(record, Record::InFlight { fingerprint: fp(1) });
             }
         }
     }
@@ -327,11 +327,11 @@ async fn responses_come_back_exactly_as_stored(store: Arc<dyn IdempotencyStore>)
     let cases = [
         StoredResponse::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            headers.clone(),
+            &headers.clone(),
             Bytes::from(binary),
         ),
-        StoredResponse::new(StatusCode::NO_CONTENT, HeaderMap::new(), Bytes::new()),
-        StoredResponse::without_body(StatusCode::OK, headers, 10 * 1024 * 1024),
+        StoredResponse::new(StatusCode::NO_CONTENT, &HeaderMap::new(), Bytes::new()),
+        StoredResponse::without_body(StatusCode::OK, &headers, 10 * 1024 * 1024),
     ];
     for (i, stored) in cases.iter().enumerate() {
         let k = key(&format!("round-trip-{i}"));

@@ -28,7 +28,7 @@ impl StoredResponse {
     /// ```
     /// use idem_runtime::replay::StoredResponse;
     ///
-    /// let stored = StoredResponse::new(http::StatusCode::CREATED, http::HeaderMap::new(), "ch_1".into());
+    /// let stored = StoredResponse::new(http::StatusCode::CREATED, &http::HeaderMap::new(), "ch_1".into());
     /// assert_eq!(StoredResponse::decode(&stored.encode()).unwrap(), stored);
     /// ```
     #[must_use]

@@ -123,14 +123,14 @@ impl fmt::Debug for StoredResponse {
 impl StoredResponse {
     /// A stored response with a kept body. Headers that must not be replayed are dropped.
     #[must_use]
-    pub fn new(status: StatusCode, headers: HeaderMap, body: Bytes) -> Self {
-        Self::from_parts(status, &headers, StoredBody::Kept(body))
+    pub fn new(status: StatusCode, headers: &HeaderMap, body: Bytes) -> Self {
+        Self::from_parts(status, headers, StoredBody::Kept(body))
     }
 
     /// A stored response whose body of `len` bytes was not kept.
     #[must_use]
-    pub fn without_body(status: StatusCode, headers: HeaderMap, len: u64) -> Self {
-        Self::from_parts(status, &headers, StoredBody::Dropped { len })
+    pub fn without_body(status: StatusCode, headers: &HeaderMap, len: u64) -> Self {
+        Self::from_parts(status, headers, StoredBody::Dropped { len })
     }
 
     /// The record of a response with these parts, keeping only the replayable headers.

@@ -350,7 +350,7 @@ mod tests {
         Arc::new(Completed {
             fingerprint: FP,
             request_digest: None,
-            response: StoredResponse::new(status, http::HeaderMap::new(), "{}".into()),
+            response: StoredResponse::new(status, &http::HeaderMap::new(), "{}".into()),
         })
     }
 

@@ -297,7 +297,7 @@ impl StoreError {
 /// assert_eq!(other, Claim::Existing(Record::InFlight { fingerprint: fp }));
 /// assert_eq!(store.claim(&key, &fp, token, lease).await.unwrap(), Claim::Fresh);
 ///
-/// let response = StoredResponse::new(http::StatusCode::CREATED, http::HeaderMap::new(), "{}".into());
+/// let response = StoredResponse::new(http::StatusCode::CREATED, &http::HeaderMap::new(), "{}".into());
 /// let completed = Arc::new(Completed { fingerprint: fp, request_digest: None, response });
 /// let done = store.complete(&key, token, completed, Duration::from_secs(3600)).await.unwrap();
 /// assert_eq!(done, Completion::Stored);

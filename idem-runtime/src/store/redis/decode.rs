@@ -142,7 +142,7 @@ mod tests {
         assert!(decode_record(bad).unwrap_err().contains("fingerprint"));
         let mut done = fields("1", "done");
         let response =
-            StoredResponse::new(http::StatusCode::OK, http::HeaderMap::new(), "{}".into());
+            StoredResponse::new(http::StatusCode::OK, &http::HeaderMap::new(), "{}".into());
         done.extend([
             bulk("response"),
             Value::BulkString(response.encode()),
@@ -157,7 +157,7 @@ mod tests {
     fn reads_a_done_record_with_its_request_digest_beside_the_response() {
         let response = StoredResponse::new(
             http::StatusCode::CREATED,
-            http::HeaderMap::new(),
+            &http::HeaderMap::new(),
             "ch_1".into(),
         );
         let mut done = fields("1", "done");
