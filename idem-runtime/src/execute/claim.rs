@@ -40,7 +40,9 @@ pub(super) async fn decide(
         let record = match with_timeout(settings, claim).await {
             Ok(Claim::Fresh) => return Decision::Run,
             Ok(Claim::Existing(record)) => record,
-            Err(error) => return Decision::Failed(store_failed("claim", key, &error)),
+            Err(error) => {
+                return Decision::Failed(store_failed(settings, "claim", key, &error));
+            }
         };
         let record = match record {
             Record::InFlight { .. }
@@ -51,7 +53,9 @@ pub(super) async fn decide(
                     Ok(Some(record)) => record,
                     // Released or expired: the key is free again, so try to claim it.
                     Ok(None) => continue,
-                    Err(error) => return Decision::Answer(store_failed("lookup", key, &error)),
+                    Err(error) => {
+                        return Decision::Answer(store_failed(settings, "lookup", key, &error));
+                    }
                 }
             }
             record => record,
@@ -69,25 +73,29 @@ fn answer_existing(
 ) -> Response {
     if record.fingerprint() != fingerprint {
         tracing::info!(target: "idem", outcome = "mismatch", key = %key.key(), "idempotency key reused for a different request");
-        return Problem::key_reused().into_response();
+        return settings.errors.render(&Problem::key_reused());
     }
     match record {
         Record::InFlight { .. } => {
             tracing::info!(target: "idem", outcome = "conflict", key = %key.key(), "request with this idempotency key is in flight");
-            Problem::in_flight(settings.retry_after).into_response()
+            settings
+                .errors
+                .render(&Problem::in_flight(settings.retry_after))
         }
         Record::Done(completed) => {
             tracing::debug!(target: "idem", outcome = "replayed", key = %key.key(), status = completed.response.status().as_u16(), "replaying stored response");
-            replay(completed)
+            replay(settings, completed)
         }
     }
 }
 
 /// The replay of a completed request; `410` when its body was too large to keep.
-pub(super) fn replay(completed: &Completed) -> Response {
+pub(super) fn replay(settings: &Settings, completed: &Completed) -> Response {
     match completed.response.replay() {
         Ok(replay) => replay,
-        Err(NotKept { status, len }) => Problem::response_not_kept(status, len).into_response(),
+        Err(NotKept { status, len }) => settings
+            .errors
+            .render(&Problem::response_not_kept(status, len)),
     }
 }
 
@@ -132,7 +140,12 @@ pub(super) async fn with_timeout<T>(
 }
 
 /// The `503` of a request whose claim (or wait) the store failed.
-pub(super) fn store_failed(operation: &str, key: &StoreKey, error: &StoreError) -> Response {
+pub(super) fn store_failed(
+    settings: &Settings,
+    operation: &str,
+    key: &StoreKey,
+    error: &StoreError,
+) -> Response {
     tracing::error!(target: "idem", outcome = "store_error", operation, key = %key.key(), %error, "idempotency store failed; request not processed");
-    Problem::store_unavailable().into_response()
+    settings.errors.render(&Problem::store_unavailable())
 }

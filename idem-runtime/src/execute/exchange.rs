@@ -30,6 +30,9 @@ impl Prepared {
         F: Future + Send + 'static,
         F::Output: IntoResponse,
     {
+        // The format is taken before the exchange owns the settings, for the two answers made
+        // when the exchange itself fails.
+        let errors = self.settings.errors.clone();
         let mut exchange = Box::pin(self.process(handler));
         let first_poll = poll_fn(|cx| {
             Poll::Ready(std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -42,14 +45,14 @@ impl Prepared {
             Ok(Poll::Pending) => {}
             Err(_panic) => {
                 tracing::error!(target: "idem", outcome = "aborted", "idempotent request panicked outside its handler");
-                return Problem::handler_panicked().into_response();
+                return errors.render(&Problem::handler_panicked());
             }
         }
         match tokio::spawn(exchange).await {
             Ok(response) => response,
             Err(error) => {
                 tracing::error!(target: "idem", outcome = "aborted", %error, "idempotent request task did not finish");
-                Problem::handler_panicked().into_response()
+                errors.render(&Problem::handler_panicked())
             }
         }
     }
@@ -71,7 +74,7 @@ impl Prepared {
             Ok(fingerprint) => fingerprint,
             Err(error) => {
                 tracing::error!(target: "idem", outcome = "fingerprint_failed", %error, "request input could not be fingerprinted");
-                return Problem::fingerprint_failed(&error).into_response();
+                return settings.errors.render(&Problem::fingerprint_failed(&error));
             }
         };
         let store = Arc::clone(config.store());

@@ -8,7 +8,7 @@ use crate::config::handler::HandlerOptions;
 use crate::config::{Idempotency, Settings};
 use crate::fingerprint::{Fingerprinter, RequestDigest};
 use crate::key::{IdempotencyKey, KeyError};
-use crate::problem::Problem;
+use crate::problem::{Problem, Renderer};
 use crate::store::StoreKey;
 
 /// A request that takes part in idempotency, as far as it is known before the handler runs.
@@ -76,15 +76,17 @@ fn reject_key(error: &KeyError, settings: &Settings) -> KeyRejection {
     KeyRejection {
         error: error.clone(),
         header: settings.header.clone(),
+        errors: settings.errors.clone(),
     }
 }
 
 /// The rejection of [`Context`](super::Context): the key is invalid, or missing where it is
-/// required. Answers `400` problem+json ([`Problem::invalid_key`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// required. Answers `400` ([`Problem::invalid_key`]) in the request's error format.
+#[derive(Debug, Clone)]
 pub struct KeyRejection {
     error: KeyError,
     header: http::HeaderName,
+    errors: Renderer,
 }
 
 impl KeyRejection {
@@ -97,6 +99,7 @@ impl KeyRejection {
 
 impl IntoResponse for KeyRejection {
     fn into_response(self) -> Response {
-        Problem::invalid_key(&self.error, self.header.as_str()).into_response()
+        self.errors
+            .render(&Problem::invalid_key(&self.error, self.header.as_str()))
     }
 }

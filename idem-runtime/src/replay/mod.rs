@@ -9,6 +9,8 @@
 //!   `Proxy-Authorization`, `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`,
 //!   and every header the response's own `Connection` header names (hop-by-hop too, RFC 9110
 //!   §7.6.1);
+//! - beyond these, an application or a handler may narrow what is kept with an allow-list and an
+//!   extra deny list ([`ReplayHeaders`]);
 //! - a body larger than the cap is not kept either: the record remembers the status and the length,
 //!   and a retry is told so (the execution answers with [`crate::problem`]'s `response-not-kept`)
 //!   rather than given a truncated body or a second execution.
@@ -48,8 +50,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_body_util::BodyExt;
 
 mod codec;
+mod headers;
 
 pub use self::codec::DecodeError;
+pub use self::headers::ReplayHeaders;
 
 /// The header that marks a replayed response.
 pub const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -161,6 +165,11 @@ impl StoredResponse {
             StoredBody::Dropped { .. } => 0,
         };
         headers + body
+    }
+
+    /// Drops the headers that `policy` does not replay (the defaults are applied already).
+    pub(crate) fn retain_headers(&mut self, policy: &ReplayHeaders) {
+        policy.retain(&mut self.headers);
     }
 
     /// The replay: the stored status, headers and body, plus `Idempotent-Replayed: true`.
