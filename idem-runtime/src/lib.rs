@@ -11,7 +11,8 @@
 //! - [`replay`]: capturing a handler's response, replaying it, and its binary form;
 //! - [`problem`]: every answer the layer makes itself, and the format it is answered in
 //!   (`application/problem+json` by default, Stripe's, or the application's own);
-//! - [`config`]: runtime-wide defaults, overridden per handler by the attribute.
+//! - [`config`]: runtime-wide defaults, overridden per handler by the attribute;
+//! - [`metrics`]: each request's outcome and the store's timings, behind the `metrics` feature.
 //!
 //! The way of one request through them — prepare, body, claim, handler, record — is private to
 //! the runtime; what `#[idempotent]` expansions call is in `__private`, which is not public API.
@@ -23,6 +24,7 @@ pub mod config;
 mod execute;
 pub mod fingerprint;
 pub mod key;
+pub mod metrics;
 pub mod problem;
 pub mod replay;
 pub mod scope;

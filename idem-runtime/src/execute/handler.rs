@@ -58,6 +58,7 @@ impl Execution {
         };
         if stopped == Some(Stopped::LeaseLost) {
             tracing::warn!(target: "idem", outcome = "lease_lost", key = %self.key.key(), "the claim's lease ran out while the handler ran and the key was taken over; its answer is sent but not stored");
+            self.route.outcome("lease_lost");
             return match produced {
                 Ok(Ok((first, _))) => first,
                 Ok(Err(_)) => self.settings.errors.render(&Problem::response_failed()),
@@ -67,12 +68,14 @@ impl Execution {
         match produced {
             Err(_panic) => {
                 tracing::error!(target: "idem", outcome = "panicked", key = %self.key.key(), "idempotent handler panicked; key released");
+                self.route.outcome("panicked");
                 let answer = self.settings.errors.render(&Problem::handler_panicked());
                 self.record(Outcome::Release).await;
                 answer
             }
             Ok(Err(error)) => {
                 tracing::error!(target: "idem", outcome = "response_failed", key = %self.key.key(), %error, "response body failed; key released");
+                self.route.outcome("response_failed");
                 let answer = self.settings.errors.render(&Problem::response_failed());
                 self.record(Outcome::Release).await;
                 answer
@@ -80,6 +83,7 @@ impl Execution {
             Ok(Ok((first, mut stored))) => {
                 if !self.settings.keep.keeps(stored.status()) {
                     tracing::info!(target: "idem", outcome = "executed", stored = false, key = %self.key.key(), status = stored.status().as_u16(), "answer not kept by the keep policy; key released");
+                    self.route.outcome("executed");
                     self.record(Outcome::Release).await;
                 } else {
                     stored.retain_headers(&self.settings.replay_headers);
@@ -112,7 +116,7 @@ impl Execution {
             let renewal = self
                 .store
                 .claim(&self.key, &self.fingerprint, self.token, lease);
-            match with_timeout(&self.settings, renewal).await {
+            match with_timeout(&self.settings, "renew", renewal).await {
                 Ok(Claim::Fresh) => {}
                 Ok(Claim::Existing(_)) => return Stopped::LeaseLost,
                 Err(error) => {

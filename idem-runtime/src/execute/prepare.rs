@@ -8,6 +8,7 @@ use crate::config::handler::HandlerOptions;
 use crate::config::{Idempotency, Settings};
 use crate::fingerprint::{Fingerprinter, RequestDigest};
 use crate::key::{IdempotencyKey, KeyError};
+use crate::metrics::Route;
 use crate::problem::{Problem, Renderer};
 use crate::store::StoreKey;
 
@@ -22,6 +23,8 @@ pub(super) struct Prepared {
     pub(super) exact: bool,
     /// The digest of the exact request, kept with the response if the handler is exact.
     pub(super) digest: Option<RequestDigest>,
+    /// The route, for metrics.
+    pub(super) route: Route,
 }
 
 /// Reads what the request needs before its handler's extractors run; `None` when idempotency does
@@ -45,8 +48,8 @@ pub(super) fn prepare(
     ) {
         Ok(Some(key)) => key,
         Ok(None) if !settings.required => return Ok(None),
-        Ok(None) => return Err(reject_key(&KeyError::Missing, &settings)),
-        Err(error) => return Err(reject_key(&error, &settings)),
+        Ok(None) => return Err(reject_key(&KeyError::Missing, &settings, parts)),
+        Err(error) => return Err(reject_key(&error, &settings, parts)),
     };
     let scope = match options.scope {
         Some(scope) => scope(parts),
@@ -68,11 +71,13 @@ pub(super) fn prepare(
         fingerprint,
         exact: true,
         digest: None,
+        route: Route::of(parts),
     })))
 }
 
-fn reject_key(error: &KeyError, settings: &Settings) -> KeyRejection {
+fn reject_key(error: &KeyError, settings: &Settings, parts: &Parts) -> KeyRejection {
     tracing::info!(target: "idem", outcome = "invalid_key", %error, "idempotency key refused");
+    Route::of(parts).outcome("invalid_key");
     KeyRejection {
         error: error.clone(),
         header: settings.header.clone(),
