@@ -59,7 +59,8 @@
 //!
 //! Keys are scoped to the caller (the digest of `Authorization` by default), so one caller never
 //! receives another's answer. Every answer the layer makes itself is
-//! `application/problem+json`, described in [`problem`].
+//! `application/problem+json` by default, or in the API's own format (Stripe's, or one of its
+//! own): see [`problem`].
 //!
 //! # The attribute
 //!
@@ -88,7 +89,9 @@
 //!     required,                    // no key: 400 (default: the key is optional)
 //!     header = "X-Request-Key",    // default: Idempotency-Key
 //!     scope = tenant_scope,        // default: the digest of Authorization
-//!     store_server_errors = false, // 5xx releases the key (default: true, 5xx is kept)
+//!     keep = no_server_errors,     // 5xx releases the key (default: all, 5xx is kept)
+//!     replay_except = ["x-request-id"], // headers not replayed (default: all but Set-Cookie, …)
+//!     errors = idem::problem::Stripe,   // the error format (default: problem+json)
 //!     conflict = wait,             // a duplicate waits for the answer (default: reject, 409)
 //!     wait_timeout = "10s",        // how long it waits (default: 30 s)
 //!     max_body_bytes = 65_536,     // the largest body kept for replay (default: 1 MiB)

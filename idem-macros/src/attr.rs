@@ -15,8 +15,9 @@ use crate::ctxt::Ctxt;
 
 /// Every option, for the "unknown option" message.
 const OPTIONS: &str = "`post`, `put`, `patch`, `ttl`, `lease`, `max_hold`, `max_key_len`, `required`, \
-                       `header`, `scope`, `store_server_errors`, `conflict`, `wait_timeout`, \
-                       `max_body_bytes` or `crate`";
+                       `header`, `scope`, `keep`, `store_server_errors`, `replay_only`, \
+                       `replay_except`, `errors`, `conflict`, `wait_timeout`, `max_body_bytes` or \
+                       `crate`";
 
 /// An HTTP method named by the attribute or by a route attribute next to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +88,17 @@ pub(crate) enum Conflict {
     Wait,
 }
 
+/// `keep = all | no_server_errors | path::to::function`.
+#[derive(Debug, Clone)]
+pub(crate) enum Keep {
+    All,
+    NoServerErrors,
+    When(syn::Path),
+}
+
+/// A header name written in a list, lowercase, and where it was written.
+pub(crate) type HeaderList = Vec<Spanned<String>>;
+
 /// The parsed arguments; `None` means "not written", so the runtime default applies.
 #[derive(Default)]
 pub(crate) struct Args {
@@ -101,7 +113,11 @@ pub(crate) struct Args {
     pub(crate) required: bool,
     /// A valid header name, lowercase.
     pub(crate) header: Option<String>,
-    pub(crate) store_server_errors: Option<bool>,
+    pub(crate) store_server_errors: Option<Spanned<bool>>,
+    pub(crate) keep: Option<Spanned<Keep>>,
+    pub(crate) replay_only: Option<HeaderList>,
+    pub(crate) replay_except: Option<HeaderList>,
+    pub(crate) errors: Option<syn::Path>,
     pub(crate) conflict: Option<Conflict>,
     pub(crate) scope: Option<syn::Path>,
     pub(crate) krate: Option<syn::Path>,
@@ -188,7 +204,16 @@ impl Args {
             "max_body_bytes" => self.max_body_bytes = integer(item, cx, "65_536"),
             "required" => self.required = flag(item, cx),
             "header" => self.header = header(item, cx),
-            "store_server_errors" => self.store_server_errors = boolean(item, cx),
+            "store_server_errors" => {
+                self.store_server_errors = boolean(item, cx).map(|value| Spanned {
+                    value,
+                    span: item.name.span(),
+                });
+            }
+            "keep" => self.keep = keep(item, cx),
+            "replay_only" => self.replay_only = header_list(item, cx),
+            "replay_except" => self.replay_except = header_list(item, cx),
+            "errors" => self.errors = errors(item, cx),
             "conflict" => self.conflict = conflict(item, cx),
             "scope" => self.scope = scope(item, cx),
             "crate" => self.krate = krate(item, cx),
@@ -364,6 +389,92 @@ fn scope(item: &Item, cx: &mut Ctxt) -> Option<syn::Path> {
             None
         }
     }
+}
+
+/// A plain path (`a::b`), as written in `expr`.
+fn plain_path(expr: &Expr) -> Option<&syn::Path> {
+    match expr {
+        Expr::Path(path) if path.attrs.is_empty() && path.qself.is_none() => Some(&path.path),
+        _ => None,
+    }
+}
+
+fn keep(item: &Item, cx: &mut Ctxt) -> Option<Spanned<Keep>> {
+    let expr = assigned(item, cx, "no_server_errors")?;
+    let Some(path) = plain_path(expr) else {
+        cx.error_spanned_by(
+            expr,
+            "`keep` is `all`, `no_server_errors` or a function `fn(http::StatusCode) -> bool` \
+             that says which answers are kept, e.g. `keep = no_server_errors`",
+        );
+        return None;
+    };
+    let value = if path.is_ident("all") {
+        Keep::All
+    } else if path.is_ident("no_server_errors") {
+        Keep::NoServerErrors
+    } else {
+        Keep::When(path.clone())
+    };
+    Some(Spanned {
+        value,
+        span: item.name.span(),
+    })
+}
+
+fn header_list(item: &Item, cx: &mut Ctxt) -> Option<HeaderList> {
+    let name = &item.name;
+    let expr = assigned(item, cx, "[\"x-request-id\"]")?;
+    let Expr::Array(array) = expr else {
+        cx.error_spanned_by(
+            expr,
+            format!(
+                "`{name}` is a list of header names in brackets, e.g. \
+                 `{name} = [\"x-request-id\", \"x-ratelimit-remaining\"]`"
+            ),
+        );
+        return None;
+    };
+    let mut names = Vec::new();
+    let mut valid = true;
+    for element in &array.elems {
+        let Some(Lit::Str(lit)) = literal(element) else {
+            cx.error_spanned_by(
+                element,
+                "write each header name in a string, e.g. `\"x-request-id\"`",
+            );
+            valid = false;
+            continue;
+        };
+        match http::HeaderName::from_bytes(lit.value().as_bytes()) {
+            Ok(header) => names.push(Spanned {
+                value: header.as_str().to_owned(),
+                span: lit.span(),
+            }),
+            Err(_) => {
+                cx.error_spanned_by(
+                    lit,
+                    "invalid header name: write letters, digits and `-`, e.g. `\"x-request-id\"`",
+                );
+                valid = false;
+            }
+        }
+    }
+    valid.then_some(names)
+}
+
+fn errors(item: &Item, cx: &mut Ctxt) -> Option<syn::Path> {
+    let expr = assigned(item, cx, "idem::problem::Stripe")?;
+    if let Some(path) = plain_path(expr) {
+        return Some(path.clone());
+    }
+    cx.error_spanned_by(
+        expr,
+        "`errors` names an error format: `idem::problem::ProblemJson`, `idem::problem::Stripe`, \
+         a function `fn(&idem::problem::Problem) -> axum::response::Response`, or a constant or \
+         static that implements `idem::problem::ErrorFormat`, e.g. `errors = idem::problem::Stripe`",
+    );
+    None
 }
 
 fn krate(item: &Item, cx: &mut Ctxt) -> Option<syn::Path> {

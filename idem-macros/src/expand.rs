@@ -8,7 +8,7 @@ use syn::spanned::Spanned as _;
 use syn::{Item, ItemFn, ReturnType};
 
 use crate::ast::Handler;
-use crate::attr::{Args, Conflict, HttpMethod};
+use crate::attr::{Args, Conflict, HeaderList, HttpMethod, Keep};
 use crate::ctxt::Ctxt;
 use crate::valid;
 
@@ -185,9 +185,44 @@ fn options(args: &Args, private: &TokenStream) -> TokenStream {
             .as_ref()
             .map(|header| some(quote!(#private::HeaderName::from_static(#header)))),
     );
+    // `store_server_errors` is a shorthand for `keep`; `valid.rs` refused both at once.
+    let keep = match (&args.keep, &args.store_server_errors) {
+        (Some(keep), _) => Some(keep.value.clone()),
+        (None, Some(store)) if store.value => Some(Keep::All),
+        (None, Some(_)) => Some(Keep::NoServerErrors),
+        (None, None) => None,
+    };
     field(
-        "store_server_errors",
-        args.store_server_errors.map(|store| some(quote!(#store))),
+        "keep",
+        keep.map(|keep| {
+            let policy = quote!(#private::KeepPolicy);
+            some(match keep {
+                Keep::All => quote!(#policy::All),
+                Keep::NoServerErrors => quote!(#policy::NoServerErrors),
+                Keep::When(path) => {
+                    let span = Span::call_site().located_at(path.span());
+                    quote_spanned!(span=> #policy::When(#path))
+                }
+            })
+        }),
+    );
+    field(
+        "replay_only",
+        args.replay_only
+            .as_ref()
+            .map(|names| some(header_list(names))),
+    );
+    field(
+        "replay_except",
+        args.replay_except.as_ref().map(header_list),
+    );
+    field(
+        "errors",
+        args.errors.as_ref().map(|path| {
+            // Spanned at the path, so that a value that is no format is reported there.
+            let span = Span::call_site().located_at(path.span());
+            some(quote_spanned!(span=> #private::Renderer::from_static(&#path)))
+        }),
     );
     field(
         "conflict",
@@ -201,6 +236,12 @@ fn options(args: &Args, private: &TokenStream) -> TokenStream {
     );
     field("scope", args.scope.as_ref().map(|path| some(quote!(#path))));
     fields
+}
+
+/// A `&'static [&'static str]` of lowercase header names.
+fn header_list(names: &HeaderList) -> TokenStream {
+    let names = names.iter().map(|name| &name.value);
+    quote!(&[#(#names),*])
 }
 
 fn method_const(method: HttpMethod) -> &'static str {

@@ -61,7 +61,11 @@ use proc_macro::TokenStream;
 /// | `required` | keys are optional | a request without a key gets `400` instead of running without idempotency |
 /// | `header = "Idempotency-Key"` | `Idempotency-Key` | the request header that carries the key (names are case-insensitive) |
 /// | `scope = tenant_scope` | the digest of `Authorization` | whose key it is: a function `fn(&http::request::Parts) -> idem::Scope` |
-/// | `store_server_errors = true` | `true` | with `false`, a `5xx` answer is not kept: the key is released and a retry runs again |
+/// | `keep = no_server_errors` | `all` | which answers are kept: `all`, `no_server_errors`, or a function `fn(http::StatusCode) -> bool`; an answer not kept releases its key, so a retry runs again |
+/// | `store_server_errors = false` | `true` | the shorthand of `keep = no_server_errors` (`true`: `keep = all`); not with `keep` |
+/// | `replay_only = ["content-type", "location"]` | every header | an allow-list of the response headers replayed (name `content-type` too); `Set-Cookie`, `Date` and hop-by-hop headers are never replayed and naming one is an error |
+/// | `replay_except = ["x-request-id"]` | none | response headers never replayed, on top of the application's own deny list |
+/// | `errors = idem::problem::Stripe` | problem+json | the format of the answers idem makes itself: `idem::problem::ProblemJson`, `idem::problem::Stripe`, a function `fn(&idem::problem::Problem) -> Response`, or a unit struct, constant or static that implements `idem::problem::ErrorFormat` |
 /// | `conflict = reject` | `reject` | a duplicate of a request still running gets `409` (`reject`), or waits for its answer (`wait`) |
 /// | `wait_timeout = "30s"` | 30 seconds | how long `conflict = wait` waits before answering `409` |
 /// | `max_body_bytes = 1_048_576` | 1 MiB | the largest answer body kept for replay; a retry of a larger one gets `410` with the original status |
@@ -94,7 +98,9 @@ use proc_macro::TokenStream;
 ///     required,
 ///     header = "X-Request-Key",
 ///     scope = tenant_scope,
-///     store_server_errors = false,
+///     keep = no_server_errors,
+///     replay_except = ["x-request-id", "x-ratelimit-remaining"],
+///     errors = idem::problem::Stripe,
 ///     conflict = wait,
 ///     wait_timeout = "10s",
 ///     max_body_bytes = 65_536,

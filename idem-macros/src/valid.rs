@@ -29,6 +29,7 @@ pub(crate) fn check(handler: &Handler, args: &Args, cx: &mut Ctxt) {
         check_route_attr(attr, args, cx);
     }
     check_ranges(args, cx);
+    check_storage(args, cx);
 }
 
 fn check_signature(sig: &Signature, cx: &mut Ctxt) {
@@ -251,3 +252,53 @@ fn check_ranges(args: &Args, cx: &mut Ctxt) {
 
 /// The longest duration an option takes: 366 days, as `idem_runtime::config::MAX_DURATION`.
 const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 60 * 60);
+
+/// The response headers that are never replayed, with why.
+///
+/// Keep in sync with `idem_runtime::replay::is_replayable` (this crate cannot depend on the
+/// runtime); `tests/ui/fail/replay_only_never_replayed.rs` pins the list.
+const NEVER_REPLAYED: &[(&str, &str)] = &[
+    ("set-cookie", "a session must not be handed out twice"),
+    ("date", "the replay gets a date of its own"),
+    ("connection", HOP_BY_HOP),
+    ("keep-alive", HOP_BY_HOP),
+    ("proxy-authenticate", HOP_BY_HOP),
+    ("proxy-authorization", HOP_BY_HOP),
+    ("proxy-connection", HOP_BY_HOP),
+    ("te", HOP_BY_HOP),
+    ("trailer", HOP_BY_HOP),
+    ("transfer-encoding", HOP_BY_HOP),
+    ("upgrade", HOP_BY_HOP),
+];
+
+const HOP_BY_HOP: &str = "it is a hop-by-hop header, about one connection";
+
+/// `keep` and its shorthand, and the headers of `replay_only`.
+fn check_storage(args: &Args, cx: &mut Ctxt) {
+    if let (Some(shorthand), Some(_)) = (&args.store_server_errors, &args.keep) {
+        let replacement = if shorthand.value {
+            "all"
+        } else {
+            "no_server_errors"
+        };
+        cx.syn_error(syn::Error::new(
+            shorthand.span,
+            format!(
+                "`store_server_errors` and `keep` both say which answers are kept; keep one \
+                 (`store_server_errors = {}` is `keep = {replacement}`)",
+                shorthand.value
+            ),
+        ));
+    }
+    for header in args.replay_only.iter().flatten() {
+        if let Some((name, why)) = NEVER_REPLAYED
+            .iter()
+            .find(|(name, _)| *name == header.value)
+        {
+            cx.syn_error(syn::Error::new(
+                header.span,
+                format!("`{name}` is never replayed ({why}); remove it from `replay_only`"),
+            ));
+        }
+    }
+}

@@ -6,7 +6,8 @@ use std::time::Duration;
 use http::request::Parts;
 use http::{HeaderName, Method};
 
-use super::ConflictPolicy;
+use super::{ConflictPolicy, KeepPolicy};
+use crate::problem::Renderer;
 use crate::scope::Scope;
 
 /// The methods a handler applies idempotency to. Requests with other methods pass through.
@@ -77,8 +78,15 @@ pub struct HandlerOptions {
     pub required: Option<bool>,
     /// See [`super::Settings::header`].
     pub header: Option<HeaderName>,
-    /// See [`super::Settings::store_server_errors`].
-    pub store_server_errors: Option<bool>,
+    /// See [`super::Settings::keep`].
+    pub keep: Option<KeepPolicy>,
+    /// An allow-list of the response headers replayed, replacing the runtime-wide one: lowercase
+    /// names, none of them one that is never replayed (the attribute checks both).
+    pub replay_only: Option<&'static [&'static str]>,
+    /// Response headers never replayed, on top of the runtime-wide ones: lowercase names.
+    pub replay_except: &'static [&'static str],
+    /// See [`super::Settings::errors`].
+    pub errors: Option<Renderer>,
     /// See [`super::Settings::conflict`].
     pub conflict: Option<ConflictPolicy>,
     /// See [`super::Settings::wait_timeout`].
@@ -99,7 +107,10 @@ impl HandlerOptions {
         max_key_len: None,
         required: None,
         header: None,
-        store_server_errors: None,
+        keep: None,
+        replay_only: None,
+        replay_except: &[],
+        errors: None,
         conflict: None,
         wait_timeout: None,
         max_body_bytes: None,

@@ -15,7 +15,9 @@
 //! | `max_key_len` | 255 | the longest key accepted, in characters |
 //! | `required` | `false` | whether a request without a key is refused (`400`) |
 //! | `header` | `idempotency-key` | the request header that carries the key |
-//! | `store_server_errors` | `true` | whether `5xx` answers are stored (else the key is released) |
+//! | `keep` | [`KeepPolicy::All`] | which answers are stored, by status (one not stored releases its key); `store_server_errors(false)` is a shorthand for [`KeepPolicy::NoServerErrors`] |
+//! | `replay_only`, `replay_except` | none | an allow-list and an extra deny list of the response headers replayed ([`ReplayHeaders`]) |
+//! | `errors` | [`ProblemJson`](crate::problem::ProblemJson) | the format of the answers the layer makes itself ([`problem`](crate::problem)) |
 //! | `conflict` | [`ConflictPolicy::Reject`] | what a duplicate of an in-flight request gets |
 //! | `wait_timeout` | 30 seconds | how long [`ConflictPolicy::Wait`] waits before answering `409` |
 //! | `retry_after` | 1 second | the `Retry-After` of a `409` |
@@ -25,7 +27,8 @@
 //! Every duration is at most [`MAX_DURATION`] (366 days); `ttl`, `lease`, `max_hold` and
 //! `store_timeout` are longer than zero. The builder refuses anything else with a
 //! [`ConfigError`], and `#[idempotent]` with a compile error, so that no store and no timer ever
-//! sees a duration it cannot represent.
+//! sees a duration it cannot represent. Both refuse, too, a `replay_only` list that names a header
+//! which is never replayed (`Set-Cookie`, `Date`, a hop-by-hop header).
 //!
 //! ```
 //! use std::time::Duration;
@@ -49,9 +52,14 @@ use std::time::Duration;
 use http::HeaderName;
 
 pub(crate) mod handler;
+mod keep;
+
+pub use self::keep::KeepPolicy;
 
 use self::handler::HandlerOptions;
 use crate::key::{DEFAULT_MAX_KEY_LEN, MAX_KEY_LEN_LIMIT};
+use crate::problem::{ErrorFormat, Renderer};
+use crate::replay::ReplayHeaders;
 use crate::scope::{AuthorizationScope, ScopeSource};
 use crate::store::{IdempotencyStore, MemoryStore};
 
@@ -87,8 +95,12 @@ pub struct Settings {
     pub required: bool,
     /// The request header that carries the key.
     pub header: HeaderName,
-    /// Whether `5xx` answers are stored and replayed (else the key is released).
-    pub store_server_errors: bool,
+    /// Which answers are stored and replayed, by status (one not stored releases its key).
+    pub keep: KeepPolicy,
+    /// Which response headers are stored and replayed.
+    pub replay_headers: ReplayHeaders,
+    /// The format of the answers the layer makes itself.
+    pub errors: Renderer,
     /// What a concurrent duplicate gets.
     pub conflict: ConflictPolicy,
     /// How long [`ConflictPolicy::Wait`] waits for the first request.
@@ -110,7 +122,9 @@ impl Default for Settings {
             max_key_len: DEFAULT_MAX_KEY_LEN,
             required: false,
             header: HeaderName::from_static("idempotency-key"),
-            store_server_errors: true,
+            keep: KeepPolicy::All,
+            replay_headers: ReplayHeaders::default(),
+            errors: Renderer::default(),
             conflict: ConflictPolicy::Reject,
             wait_timeout: Duration::from_secs(30),
             retry_after: Duration::from_secs(1),
@@ -130,9 +144,14 @@ impl Settings {
             max_key_len: options.max_key_len.unwrap_or(self.max_key_len),
             required: options.required.unwrap_or(self.required),
             header: options.header.as_ref().unwrap_or(&self.header).clone(),
-            store_server_errors: options
-                .store_server_errors
-                .unwrap_or(self.store_server_errors),
+            keep: options.keep.unwrap_or(self.keep),
+            replay_headers: self
+                .replay_headers
+                .with(options.replay_only, options.replay_except),
+            errors: match &options.errors {
+                Some(errors) => errors.clone(),
+                None => self.errors.clone(),
+            },
             conflict: options.conflict.unwrap_or(self.conflict),
             wait_timeout: options.wait_timeout.unwrap_or(self.wait_timeout),
             retry_after: self.retry_after,
@@ -165,6 +184,11 @@ impl Settings {
                     humantime::format_duration(value)
                 )));
             }
+        }
+        if let Some((name, why)) = self.replay_headers.refused() {
+            return Err(ConfigError(format!(
+                "replay_only may not name `{name}`: it is never replayed ({why})"
+            )));
         }
         Ok(())
     }
@@ -295,9 +319,48 @@ impl IdempotencyBuilder {
         self
     }
 
-    /// Whether `5xx` answers are stored and replayed.
-    pub fn store_server_errors(mut self, store: bool) -> Self {
-        self.settings.store_server_errors = store;
+    /// Whether `5xx` answers are stored and replayed: a shorthand for [`keep`](Self::keep) with
+    /// [`KeepPolicy::All`] (`true`) or [`KeepPolicy::NoServerErrors`] (`false`).
+    pub fn store_server_errors(self, store: bool) -> Self {
+        self.keep(if store {
+            KeepPolicy::All
+        } else {
+            KeepPolicy::NoServerErrors
+        })
+    }
+
+    /// Which answers are stored and replayed, by status; one that is not releases its key.
+    pub fn keep(mut self, policy: KeepPolicy) -> Self {
+        self.settings.keep = policy;
+        self
+    }
+
+    /// Replay only these response headers (an allow-list; name `content-type` too if it should
+    /// be replayed). See [`ReplayHeaders`].
+    pub fn replay_only(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.settings.replay_headers.set_only(names);
+        self
+    }
+
+    /// Never replay these response headers (`x-request-id`, rate-limit headers, …), on top of
+    /// those that never are. See [`ReplayHeaders`].
+    pub fn replay_except(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.settings.replay_headers.set_except(names);
+        self
+    }
+
+    /// The format of the answers the layer makes itself (default: [`ProblemJson`](crate::problem::ProblemJson)): see
+    /// [`problem`](crate::problem).
+    ///
+    /// ```
+    /// use idem_runtime::config::Idempotency;
+    /// use idem_runtime::problem::Stripe;
+    ///
+    /// let idempotency = Idempotency::builder().errors(Stripe).build().unwrap();
+    /// # let _ = idempotency;
+    /// ```
+    pub fn errors(mut self, format: impl ErrorFormat) -> Self {
+        self.settings.errors = Renderer::new(format);
         self
     }
 
@@ -336,7 +399,8 @@ impl IdempotencyBuilder {
     /// # Errors
     ///
     /// [`ConfigError`] when `max_key_len` is outside `1..=1024`, a duration is longer than
-    /// [`MAX_DURATION`], or `ttl`, `lease`, `max_hold` or `store_timeout` is zero.
+    /// [`MAX_DURATION`], `ttl`, `lease`, `max_hold` or `store_timeout` is zero, or `replay_only`
+    /// names a header that is never replayed (`Set-Cookie`, `Date`, a hop-by-hop header).
     pub fn build(self) -> Result<Idempotency, ConfigError> {
         self.settings.validate()?;
         Ok(Idempotency {

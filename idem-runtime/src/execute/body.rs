@@ -146,7 +146,8 @@ pub(super) async fn extract<T: FingerprintInput>(
             && completed.request_digest == Some(digest)
         {
             tracing::debug!(target: "idem", outcome = "replayed", exact = true, key = %request.key.key(), status = completed.response.status().as_u16(), "replaying stored response to a byte-identical retry");
-            return Err(replay(&completed));
+            request.route.outcome("replayed");
+            return Err(replay(&request.settings, &completed));
         }
         request.digest = Some(digest);
     }

@@ -10,6 +10,7 @@ use tokio::time::{Instant, sleep, timeout};
 
 use crate::config::{ConflictPolicy, Settings};
 use crate::fingerprint::Fingerprint;
+use crate::metrics::{Route, StoreTimer};
 use crate::problem::Problem;
 use crate::replay::NotKept;
 use crate::store::{Claim, ClaimToken, Completed, IdempotencyStore, Record, StoreError, StoreKey};
@@ -30,6 +31,7 @@ pub(super) enum Decision {
 pub(super) async fn decide(
     store: &dyn IdempotencyStore,
     settings: &Settings,
+    route: &Route,
     key: &StoreKey,
     fingerprint: &Fingerprint,
     token: ClaimToken,
@@ -37,10 +39,12 @@ pub(super) async fn decide(
     let wait_until = Instant::now() + settings.wait_timeout;
     loop {
         let claim = store.claim(key, fingerprint, token, settings.lease);
-        let record = match with_timeout(settings, claim).await {
+        let record = match with_timeout(settings, "claim", claim).await {
             Ok(Claim::Fresh) => return Decision::Run,
             Ok(Claim::Existing(record)) => record,
-            Err(error) => return Decision::Failed(store_failed("claim", key, &error)),
+            Err(error) => {
+                return Decision::Failed(store_failed(settings, route, "claim", key, &error));
+            }
         };
         let record = match record {
             Record::InFlight { .. }
@@ -51,43 +55,55 @@ pub(super) async fn decide(
                     Ok(Some(record)) => record,
                     // Released or expired: the key is free again, so try to claim it.
                     Ok(None) => continue,
-                    Err(error) => return Decision::Answer(store_failed("lookup", key, &error)),
+                    Err(error) => {
+                        return Decision::Answer(store_failed(
+                            settings, route, "lookup", key, &error,
+                        ));
+                    }
                 }
             }
             record => record,
         };
-        return Decision::Answer(answer_existing(settings, key, fingerprint, &record));
+        return Decision::Answer(answer_existing(settings, route, key, fingerprint, &record));
     }
 }
 
 /// The answer to a request whose key already has a record.
 fn answer_existing(
     settings: &Settings,
+    route: &Route,
     key: &StoreKey,
     fingerprint: &Fingerprint,
     record: &Record,
 ) -> Response {
     if record.fingerprint() != fingerprint {
         tracing::info!(target: "idem", outcome = "mismatch", key = %key.key(), "idempotency key reused for a different request");
-        return Problem::key_reused().into_response();
+        route.outcome("mismatch");
+        return settings.errors.render(&Problem::key_reused());
     }
     match record {
         Record::InFlight { .. } => {
             tracing::info!(target: "idem", outcome = "conflict", key = %key.key(), "request with this idempotency key is in flight");
-            Problem::in_flight(settings.retry_after).into_response()
+            route.outcome("conflict");
+            settings
+                .errors
+                .render(&Problem::in_flight(settings.retry_after))
         }
         Record::Done(completed) => {
             tracing::debug!(target: "idem", outcome = "replayed", key = %key.key(), status = completed.response.status().as_u16(), "replaying stored response");
-            replay(completed)
+            route.outcome("replayed");
+            replay(settings, completed)
         }
     }
 }
 
 /// The replay of a completed request; `410` when its body was too large to keep.
-pub(super) fn replay(completed: &Completed) -> Response {
+pub(super) fn replay(settings: &Settings, completed: &Completed) -> Response {
     match completed.response.replay() {
         Ok(replay) => replay,
-        Err(NotKept { status, len }) => Problem::response_not_kept(status, len).into_response(),
+        Err(NotKept { status, len }) => settings
+            .errors
+            .render(&Problem::response_not_kept(status, len)),
     }
 }
 
@@ -102,7 +118,7 @@ async fn wait_for_result(
     let mut pause = Duration::from_millis(5);
     loop {
         let now = Instant::now();
-        let record = with_timeout(settings, store.lookup(key)).await?;
+        let record = with_timeout(settings, "lookup", store.lookup(key)).await?;
         match record {
             Some(Record::InFlight { .. }) if now < until => {}
             other => return Ok(other),
@@ -112,27 +128,38 @@ async fn wait_for_result(
     }
 }
 
-/// A store operation, failed after [`Settings::store_timeout`].
+/// A store operation, failed after [`Settings::store_timeout`]; `name` names it in metrics.
 pub(super) async fn with_timeout<T>(
     settings: &Settings,
+    name: &'static str,
     operation: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
+    let timer = StoreTimer::start();
     let mut operation = pin!(operation);
     // A store that answers at once (one in memory) needs no timer.
-    if let Poll::Ready(result) = poll_fn(|cx| Poll::Ready(operation.as_mut().poll(cx))).await {
-        return result;
-    }
-    match timeout(settings.store_timeout, operation).await {
-        Ok(result) => result,
-        Err(_) => Err(StoreError::new(format!(
-            "store did not answer within {:?}",
-            settings.store_timeout
-        ))),
-    }
+    let result = match poll_fn(|cx| Poll::Ready(operation.as_mut().poll(cx))).await {
+        Poll::Ready(result) => result,
+        Poll::Pending => match timeout(settings.store_timeout, operation).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::new(format!(
+                "store did not answer within {:?}",
+                settings.store_timeout
+            ))),
+        },
+    };
+    timer.stop(name);
+    result
 }
 
 /// The `503` of a request whose claim (or wait) the store failed.
-pub(super) fn store_failed(operation: &str, key: &StoreKey, error: &StoreError) -> Response {
+pub(super) fn store_failed(
+    settings: &Settings,
+    route: &Route,
+    operation: &str,
+    key: &StoreKey,
+    error: &StoreError,
+) -> Response {
     tracing::error!(target: "idem", outcome = "store_error", operation, key = %key.key(), %error, "idempotency store failed; request not processed");
-    Problem::store_unavailable().into_response()
+    route.outcome("store_error");
+    settings.errors.render(&Problem::store_unavailable())
 }

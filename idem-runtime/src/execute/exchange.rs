@@ -30,6 +30,10 @@ impl Prepared {
         F: Future + Send + 'static,
         F::Output: IntoResponse,
     {
+        // The format is taken before the exchange owns the settings, for the two answers made
+        // when the exchange itself fails.
+        let errors = self.settings.errors.clone();
+        let route = self.route.clone();
         let mut exchange = Box::pin(self.process(handler));
         let first_poll = poll_fn(|cx| {
             Poll::Ready(std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -42,14 +46,16 @@ impl Prepared {
             Ok(Poll::Pending) => {}
             Err(_panic) => {
                 tracing::error!(target: "idem", outcome = "aborted", "idempotent request panicked outside its handler");
-                return Problem::handler_panicked().into_response();
+                route.outcome("aborted");
+                return errors.render(&Problem::handler_panicked());
             }
         }
         match tokio::spawn(exchange).await {
             Ok(response) => response,
             Err(error) => {
                 tracing::error!(target: "idem", outcome = "aborted", %error, "idempotent request task did not finish");
-                Problem::handler_panicked().into_response()
+                route.outcome("aborted");
+                errors.render(&Problem::handler_panicked())
             }
         }
     }
@@ -65,18 +71,20 @@ impl Prepared {
             key,
             fingerprint,
             digest,
+            route,
             ..
         } = self;
         let fingerprint = match fingerprint.finish() {
             Ok(fingerprint) => fingerprint,
             Err(error) => {
                 tracing::error!(target: "idem", outcome = "fingerprint_failed", %error, "request input could not be fingerprinted");
-                return Problem::fingerprint_failed(&error).into_response();
+                route.outcome("fingerprint_failed");
+                return settings.errors.render(&Problem::fingerprint_failed(&error));
             }
         };
         let store = Arc::clone(config.store());
         let token = ClaimToken::random();
-        let decision = decide(&*store, &settings, &key, &fingerprint, token).await;
+        let decision = decide(&*store, &settings, &route, &key, &fingerprint, token).await;
         let execution = Execution {
             store,
             settings,
@@ -84,6 +92,7 @@ impl Prepared {
             fingerprint,
             digest,
             token,
+            route,
         };
         match decision {
             Decision::Answer(response) => response,

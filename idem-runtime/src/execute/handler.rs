@@ -58,28 +58,35 @@ impl Execution {
         };
         if stopped == Some(Stopped::LeaseLost) {
             tracing::warn!(target: "idem", outcome = "lease_lost", key = %self.key.key(), "the claim's lease ran out while the handler ran and the key was taken over; its answer is sent but not stored");
+            self.route.outcome("lease_lost");
             return match produced {
                 Ok(Ok((first, _))) => first,
-                Ok(Err(_)) => Problem::response_failed().into_response(),
-                Err(_panic) => Problem::handler_panicked().into_response(),
+                Ok(Err(_)) => self.settings.errors.render(&Problem::response_failed()),
+                Err(_panic) => self.settings.errors.render(&Problem::handler_panicked()),
             };
         }
         match produced {
             Err(_panic) => {
                 tracing::error!(target: "idem", outcome = "panicked", key = %self.key.key(), "idempotent handler panicked; key released");
+                self.route.outcome("panicked");
+                let answer = self.settings.errors.render(&Problem::handler_panicked());
                 self.record(Outcome::Release).await;
-                Problem::handler_panicked().into_response()
+                answer
             }
             Ok(Err(error)) => {
                 tracing::error!(target: "idem", outcome = "response_failed", key = %self.key.key(), %error, "response body failed; key released");
+                self.route.outcome("response_failed");
+                let answer = self.settings.errors.render(&Problem::response_failed());
                 self.record(Outcome::Release).await;
-                Problem::response_failed().into_response()
+                answer
             }
-            Ok(Ok((first, stored))) => {
-                if stored.status().is_server_error() && !self.settings.store_server_errors {
-                    tracing::info!(target: "idem", outcome = "executed", stored = false, key = %self.key.key(), status = stored.status().as_u16(), "server error not stored; key released");
+            Ok(Ok((first, mut stored))) => {
+                if !self.settings.keep.keeps(stored.status()) {
+                    tracing::info!(target: "idem", outcome = "executed", stored = false, key = %self.key.key(), status = stored.status().as_u16(), "answer not kept by the keep policy; key released");
+                    self.route.outcome("executed");
                     self.record(Outcome::Release).await;
                 } else {
+                    stored.retain_headers(&self.settings.replay_headers);
                     let completed = Arc::new(Completed {
                         fingerprint: self.fingerprint,
                         request_digest: self.digest,
@@ -109,7 +116,7 @@ impl Execution {
             let renewal = self
                 .store
                 .claim(&self.key, &self.fingerprint, self.token, lease);
-            match with_timeout(&self.settings, renewal).await {
+            match with_timeout(&self.settings, "renew", renewal).await {
                 Ok(Claim::Fresh) => {}
                 Ok(Claim::Existing(_)) => return Stopped::LeaseLost,
                 Err(error) => {

@@ -8,7 +8,8 @@ use crate::config::handler::HandlerOptions;
 use crate::config::{Idempotency, Settings};
 use crate::fingerprint::{Fingerprinter, RequestDigest};
 use crate::key::{IdempotencyKey, KeyError};
-use crate::problem::Problem;
+use crate::metrics::Route;
+use crate::problem::{Problem, Renderer};
 use crate::store::StoreKey;
 
 /// A request that takes part in idempotency, as far as it is known before the handler runs.
@@ -22,6 +23,8 @@ pub(super) struct Prepared {
     pub(super) exact: bool,
     /// The digest of the exact request, kept with the response if the handler is exact.
     pub(super) digest: Option<RequestDigest>,
+    /// The route, for metrics.
+    pub(super) route: Route,
 }
 
 /// Reads what the request needs before its handler's extractors run; `None` when idempotency does
@@ -45,8 +48,8 @@ pub(super) fn prepare(
     ) {
         Ok(Some(key)) => key,
         Ok(None) if !settings.required => return Ok(None),
-        Ok(None) => return Err(reject_key(&KeyError::Missing, &settings)),
-        Err(error) => return Err(reject_key(&error, &settings)),
+        Ok(None) => return Err(reject_key(&KeyError::Missing, &settings, parts)),
+        Err(error) => return Err(reject_key(&error, &settings, parts)),
     };
     let scope = match options.scope {
         Some(scope) => scope(parts),
@@ -68,23 +71,27 @@ pub(super) fn prepare(
         fingerprint,
         exact: true,
         digest: None,
+        route: Route::of(parts),
     })))
 }
 
-fn reject_key(error: &KeyError, settings: &Settings) -> KeyRejection {
+fn reject_key(error: &KeyError, settings: &Settings, parts: &Parts) -> KeyRejection {
     tracing::info!(target: "idem", outcome = "invalid_key", %error, "idempotency key refused");
+    Route::of(parts).outcome("invalid_key");
     KeyRejection {
         error: error.clone(),
         header: settings.header.clone(),
+        errors: settings.errors.clone(),
     }
 }
 
 /// The rejection of [`Context`](super::Context): the key is invalid, or missing where it is
-/// required. Answers `400` problem+json ([`Problem::invalid_key`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// required. Answers `400` ([`Problem::invalid_key`]) in the request's error format.
+#[derive(Debug, Clone)]
 pub struct KeyRejection {
     error: KeyError,
     header: http::HeaderName,
+    errors: Renderer,
 }
 
 impl KeyRejection {
@@ -97,6 +104,7 @@ impl KeyRejection {
 
 impl IntoResponse for KeyRejection {
     fn into_response(self) -> Response {
-        Problem::invalid_key(&self.error, self.header.as_str()).into_response()
+        self.errors
+            .render(&Problem::invalid_key(&self.error, self.header.as_str()))
     }
 }

@@ -9,6 +9,7 @@ use tokio::time::{Instant, sleep};
 use super::claim::with_timeout;
 use crate::config::Settings;
 use crate::fingerprint::{Fingerprint, RequestDigest};
+use crate::metrics::Route;
 use crate::store::{ClaimToken, Completed, Completion, IdempotencyStore, StoreError, StoreKey};
 
 /// A claimed request: its handler runs ([`super::handler`]) and its outcome is recorded here.
@@ -19,6 +20,8 @@ pub(super) struct Execution {
     pub(super) fingerprint: Fingerprint,
     pub(super) digest: Option<RequestDigest>,
     pub(super) token: ClaimToken,
+    /// The route, for metrics.
+    pub(super) route: Route,
 }
 
 /// What a finished execution writes to the store.
@@ -62,6 +65,11 @@ impl Execution {
                 Ok(()) => return,
                 Err(error) if Instant::now() >= give_up => {
                     tracing::error!(target: "idem", outcome = "store_error", operation = outcome.operation(), key = %self.key.key(), %error, "store write still failing when the lease ran out; giving up");
+                    // A release follows an outcome counted already; a completion that never
+                    // lands is the request's outcome.
+                    if let Outcome::Complete(_) = outcome {
+                        self.route.outcome("store_error");
+                    }
                     return;
                 }
                 Err(_) => pause = (pause * 2).min(Duration::from_secs(1)),
@@ -73,7 +81,8 @@ impl Execution {
         match outcome {
             Outcome::Complete(completed) => self.complete(completed).await,
             Outcome::Release => {
-                with_timeout(&self.settings, self.store.release(&self.key, self.token)).await
+                let release = self.store.release(&self.key, self.token);
+                with_timeout(&self.settings, "release", release).await
             }
         }
     }
@@ -81,6 +90,7 @@ impl Execution {
     async fn complete(&self, completed: &Arc<Completed>) -> Result<(), StoreError> {
         let completion = with_timeout(
             &self.settings,
+            "complete",
             self.store.complete(
                 &self.key,
                 self.token,
@@ -94,9 +104,11 @@ impl Execution {
         match completion {
             Completion::Stored => {
                 tracing::info!(target: "idem", outcome = "executed", stored = true, %key, status, "response stored for replay");
+                self.route.outcome("executed");
             }
             Completion::LeaseLost => {
                 tracing::warn!(target: "idem", outcome = "lease_lost", stored = false, %key, status, "claim lease ran out and the key was taken over; response not stored");
+                self.route.outcome("lease_lost");
             }
         }
         Ok(())

@@ -9,6 +9,8 @@
 //!   `Proxy-Authorization`, `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`,
 //!   and every header the response's own `Connection` header names (hop-by-hop too, RFC 9110
 //!   §7.6.1);
+//! - beyond these, an application or a handler may narrow what is kept with an allow-list and an
+//!   extra deny list ([`ReplayHeaders`]);
 //! - a body larger than the cap is not kept either: the record remembers the status and the length,
 //!   and a retry is told so (the execution answers with [`crate::problem`]'s `response-not-kept`)
 //!   rather than given a truncated body or a second execution.
@@ -48,8 +50,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_body_util::BodyExt;
 
 mod codec;
+mod headers;
 
 pub use self::codec::DecodeError;
+pub use self::headers::ReplayHeaders;
 
 /// The header that marks a replayed response.
 pub const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -172,6 +176,13 @@ impl StoredResponse {
         self.headers.bytes.len() + body
     }
 
+    /// Drops the headers that `policy` does not replay (the defaults are applied already).
+    pub(crate) fn retain_headers(&mut self, policy: &ReplayHeaders) {
+        if !policy.is_default() {
+            self.headers = self.headers.filtered(|name| policy.replays(name));
+        }
+    }
+
     /// The replay: the stored status, headers and body, plus `Idempotent-Replayed: true`.
     ///
     /// # Errors
@@ -261,6 +272,23 @@ impl HeaderBlock {
             at += 4 + value_len;
             Some((name, value))
         })
+    }
+
+    /// The headers whose name passes `keep`, in order.
+    fn filtered(&self, keep: impl Fn(&HeaderName) -> bool) -> Self {
+        let kept: Vec<(&[u8], Bytes)> = self
+            .pairs()
+            .filter(|(name, _)| HeaderName::from_bytes(name).is_ok_and(|name| keep(&name)))
+            .collect();
+        let len = kept
+            .iter()
+            .map(|(name, value)| 6 + name.len() + value.len())
+            .sum();
+        let mut block = Self::builder(len);
+        for (name, value) in kept {
+            block.push(name, &value);
+        }
+        block.finish()
     }
 
     /// A header map of these headers, with room for `spare` more.
