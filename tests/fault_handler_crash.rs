@@ -26,9 +26,9 @@ use futures_util::StreamExt;
 use idem::__private::{Context, HandlerConfig, HandlerOptions, Methods};
 use idem::config::Idempotency;
 use idem::fingerprint::Fingerprint;
-use idem::replay::StoredResponse;
 use idem::store::{
-    Claim, ClaimToken, Completion, IdempotencyStore, MemoryStore, Record, StoreError, StoreKey,
+    Claim, ClaimToken, Completed, Completion, IdempotencyStore, MemoryStore, Record, StoreError,
+    StoreKey,
 };
 use reqwest::Client;
 use serde::{Deserialize, Serialize};
@@ -304,22 +304,22 @@ impl IdempotencyStore for SlowCompletions {
         &self,
         key: &StoreKey,
         fp: &Fingerprint,
+        token: ClaimToken,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        self.inner.claim(key, fp, lease).await
+        self.inner.claim(key, fp, token, lease).await
     }
     async fn complete(
         &self,
         key: &StoreKey,
         token: ClaimToken,
-        fp: &Fingerprint,
-        response: &StoredResponse,
+        completed: Arc<Completed>,
         ttl: Duration,
     ) -> Result<Completion, StoreError> {
         if self.hold.load(Ordering::SeqCst) {
             let _permit = self.gate.acquire().await.expect("gate open");
         }
-        self.inner.complete(key, token, fp, response, ttl).await
+        self.inner.complete(key, token, completed, ttl).await
     }
     async fn release(&self, key: &StoreKey, token: ClaimToken) -> Result<(), StoreError> {
         self.inner.release(key, token).await

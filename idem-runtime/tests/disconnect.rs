@@ -49,20 +49,20 @@ impl idem_runtime::store::IdempotencyStore for SlowClaims {
         &self,
         key: &idem_runtime::store::StoreKey,
         fp: &idem_runtime::Fingerprint,
+        token: idem_runtime::store::ClaimToken,
         lease: Duration,
     ) -> Result<idem_runtime::store::Claim, idem_runtime::store::StoreError> {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        self.0.claim(key, fp, lease).await
+        self.0.claim(key, fp, token, lease).await
     }
     async fn complete(
         &self,
         key: &idem_runtime::store::StoreKey,
         token: idem_runtime::store::ClaimToken,
-        fp: &idem_runtime::Fingerprint,
-        response: &idem_runtime::StoredResponse,
+        completed: std::sync::Arc<idem_runtime::store::Completed>,
         ttl: Duration,
     ) -> Result<idem_runtime::store::Completion, idem_runtime::store::StoreError> {
-        self.0.complete(key, token, fp, response, ttl).await
+        self.0.complete(key, token, completed, ttl).await
     }
     async fn release(
         &self,

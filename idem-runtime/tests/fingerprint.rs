@@ -191,7 +191,7 @@ fn a_failing_serialize_makes_the_fingerprint_unusable() {
     }
     let mut fp = Fingerprinter::new(&Method::POST, None, "/", None);
     fp.input(&Json(Broken));
-    assert_eq!(fp.finish().unwrap_err(), "cannot encode");
+    assert_eq!(fp.finish().unwrap_err().to_string(), "cannot encode");
 }
 
 fn json_value() -> impl Strategy<Value = serde_json::Value> {

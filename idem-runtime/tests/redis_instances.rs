@@ -16,9 +16,9 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use idem_runtime::fingerprint::Fingerprint;
-use idem_runtime::replay::StoredResponse;
 use idem_runtime::store::{
-    Claim, ClaimToken, Completion, IdempotencyStore, Record, RedisStore, StoreError, StoreKey,
+    Claim, ClaimToken, Completed, Completion, IdempotencyStore, Record, RedisStore, StoreError,
+    StoreKey,
 };
 use instances::{Service, post_charge};
 use redis_server::{RedisTarget, unique_prefix};
@@ -169,20 +169,20 @@ impl IdempotencyStore for Observed {
         &self,
         key: &StoreKey,
         fp: &Fingerprint,
+        token: ClaimToken,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        self.inner.claim(key, fp, lease).await
+        self.inner.claim(key, fp, token, lease).await
     }
 
     async fn complete(
         &self,
         key: &StoreKey,
         token: ClaimToken,
-        fp: &Fingerprint,
-        response: &StoredResponse,
+        completed: Arc<Completed>,
         ttl: Duration,
     ) -> Result<Completion, StoreError> {
-        self.inner.complete(key, token, fp, response, ttl).await
+        self.inner.complete(key, token, completed, ttl).await
     }
 
     async fn release(&self, key: &StoreKey, token: ClaimToken) -> Result<(), StoreError> {

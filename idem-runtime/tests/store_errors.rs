@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use idem_runtime::fingerprint::Fingerprint;
-use idem_runtime::replay::StoredResponse;
 use idem_runtime::store::{
-    Claim, ClaimToken, Completion, IdempotencyStore, MemoryStore, Record, StoreError, StoreKey,
+    Claim, ClaimToken, Completed, Completion, IdempotencyStore, MemoryStore, Record, StoreError,
+    StoreKey,
 };
 use serde_json::json;
 use support::{Harness, post_json};
@@ -44,21 +44,21 @@ impl IdempotencyStore for Faulty {
         &self,
         key: &StoreKey,
         fp: &Fingerprint,
+        token: ClaimToken,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         Self::check(&self.fail_claim, Some(&self.stall_claim)).await?;
-        self.inner.claim(key, fp, lease).await
+        self.inner.claim(key, fp, token, lease).await
     }
     async fn complete(
         &self,
         key: &StoreKey,
         token: ClaimToken,
-        fp: &Fingerprint,
-        response: &StoredResponse,
+        completed: Arc<Completed>,
         ttl: Duration,
     ) -> Result<Completion, StoreError> {
         Self::check(&self.fail_complete, None).await?;
-        self.inner.complete(key, token, fp, response, ttl).await
+        self.inner.complete(key, token, completed, ttl).await
     }
     async fn release(&self, key: &StoreKey, token: ClaimToken) -> Result<(), StoreError> {
         Self::check(&self.fail_release, None).await?;

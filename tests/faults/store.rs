@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use idem::fingerprint::Fingerprint;
-use idem::replay::StoredResponse;
-use idem::store::{Claim, ClaimToken, Completion, IdempotencyStore, Record, StoreError, StoreKey};
+use idem::store::{
+    Claim, ClaimToken, Completed, Completion, IdempotencyStore, Record, StoreError, StoreKey,
+};
 
 use super::Dice;
 
@@ -179,12 +180,16 @@ impl IdempotencyStore for FaultyStore {
         &self,
         key: &StoreKey,
         fingerprint: &Fingerprint,
+        token: ClaimToken,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
         let claim = self
-            .with_fault(Operation::Claim, self.inner.claim(key, fingerprint, lease))
+            .with_fault(
+                Operation::Claim,
+                self.inner.claim(key, fingerprint, token, lease),
+            )
             .await?;
-        if let Claim::Fresh(_) = claim {
+        if claim == Claim::Fresh {
             *self
                 .fresh_claims
                 .lock()
@@ -199,13 +204,12 @@ impl IdempotencyStore for FaultyStore {
         &self,
         key: &StoreKey,
         token: ClaimToken,
-        fingerprint: &Fingerprint,
-        response: &StoredResponse,
+        completed: Arc<Completed>,
         ttl: Duration,
     ) -> Result<Completion, StoreError> {
         self.with_fault(
             Operation::Complete,
-            self.inner.complete(key, token, fingerprint, response, ttl),
+            self.inner.complete(key, token, completed, ttl),
         )
         .await
     }
