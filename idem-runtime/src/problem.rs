@@ -41,6 +41,17 @@
 //! `500 Internal Server Error`. An input of the request could not be encoded for its fingerprint
 //! (its `Serialize` implementation failed). The handler did not run.
 //!
+//! # commit-failed
+//! `503 Service Unavailable`, with `Retry-After`. The handler ran in the database transaction of
+//! the request (`idem::postgres::Transaction`), but the transaction could not be committed: none
+//! of its work was kept and nothing was stored. Retry with the same key.
+//!
+//! # transaction-unavailable
+//! `500 Internal Server Error`. The handler takes `idem::postgres::Transaction`, but the
+//! application's idempotency store is not a `PostgresStore` (or the handler is not
+//! `#[idempotent]`). The handler did not run. Install one with
+//! `Idempotency::builder().store(PostgresStore::builder()...build().await?)`.
+//!
 //! ```
 //! use idem_runtime::problem::Problem;
 //!
@@ -191,6 +202,31 @@ impl Problem {
             format!(
                 "an input of this request could not be encoded for its idempotency fingerprint: {reason}"
             ),
+        )
+    }
+
+    /// `503` + `Retry-After`: the request's database transaction did not commit; nothing of it
+    /// was kept.
+    #[must_use]
+    pub fn commit_failed() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "commit-failed",
+            "Request not committed",
+            "the request's database transaction could not be committed, so none of its work was kept; retry later with the same key",
+        )
+        .retry_after(Duration::from_secs(1))
+    }
+
+    /// `500`: the handler takes `idem::postgres::Transaction` but no `PostgresStore` is
+    /// installed; the handler did not run.
+    #[must_use]
+    pub fn transaction_unavailable() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "transaction-unavailable",
+            "No database transaction for this handler",
+            "this handler takes `idem::postgres::Transaction`, which needs a `PostgresStore` as the idempotency store and an `#[idempotent]` handler: install the store with `Idempotency::builder().store(PostgresStore::builder().url(..).build().await?)` and layer the `Idempotency` on the router",
         )
     }
 

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use super::claim::{Decision, decide};
 use super::prepare::Prepared;
 use super::record::Execution;
+use super::transaction::Offer;
 use crate::problem::Problem;
 use crate::store::ClaimToken;
 
@@ -25,12 +26,12 @@ impl Prepared {
     /// client went away: a claim whose answer was lost would block its key until the lease ran
     /// out, and a handler cut short would leave its work half done. The task finishes, stores the
     /// result, and the retry gets the replay.
-    pub(super) async fn run<F>(self, handler: F) -> Response
+    pub(super) async fn run<F>(self, handler: F, transaction: Offer) -> Response
     where
         F: Future + Send + 'static,
         F::Output: IntoResponse,
     {
-        let mut exchange = Box::pin(self.process(handler));
+        let mut exchange = Box::pin(self.process(handler, transaction));
         let first_poll = poll_fn(|cx| {
             Poll::Ready(std::panic::catch_unwind(AssertUnwindSafe(|| {
                 exchange.as_mut().poll(cx)
@@ -54,7 +55,7 @@ impl Prepared {
         }
     }
 
-    async fn process<F>(self, handler: F) -> Response
+    async fn process<F>(self, handler: F, transaction: Offer) -> Response
     where
         F: Future + Send + 'static,
         F::Output: IntoResponse,
@@ -86,8 +87,9 @@ impl Prepared {
                     fingerprint,
                     digest,
                     token,
+                    transaction: Default::default(),
                 }
-                .run(handler)
+                .run(handler, transaction)
                 .await
             }
         }

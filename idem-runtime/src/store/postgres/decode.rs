@@ -44,8 +44,7 @@ pub(super) fn decode(row: &PgRow) -> Result<Found, String> {
             let response: Option<Vec<u8>> = row.try_get("response").map_err(get_err)?;
             let response = response.ok_or("done without a response")?;
             let response = StoredResponse::decode(&response).map_err(|e| e.to_string())?;
-            let request_digest: Option<Vec<u8>> =
-                row.try_get("request_digest").map_err(get_err)?;
+            let request_digest: Option<Vec<u8>> = row.try_get("request_digest").map_err(get_err)?;
             let request_digest = match request_digest {
                 Some(bytes) => Some(RequestDigest::from_bytes(bytes32(
                     &bytes,

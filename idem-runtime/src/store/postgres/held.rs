@@ -7,7 +7,7 @@ use std::sync::{Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
-use sqlx::{Database as _, PgConnection, PgPool, Postgres, TransactionManager as _};
+use sqlx::{PgConnection, PgPool, Postgres, TransactionManager as _};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep_until};
 

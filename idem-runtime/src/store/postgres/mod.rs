@@ -20,8 +20,8 @@ use tokio::time::{Instant, sleep};
 
 pub use self::builder::PostgresStoreBuilder;
 use self::decode::{Found, decode};
-pub(crate) use self::held::HeldConn;
 use self::held::Claims;
+pub(crate) use self::held::HeldConn;
 use self::queries::Queries;
 pub use self::schema::DEFAULT_TABLE;
 use self::schema::TableName;
@@ -315,7 +315,10 @@ impl PostgresStore {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let committed = async {
-            match self.write_done(&mut conn, key, token, completed, ttl).await? {
+            match self
+                .write_done(&mut conn, key, token, completed, ttl)
+                .await?
+            {
                 Completion::Stored => conn.commit().await,
                 // Cannot happen while the lock is held; refuse rather than commit unanswered work.
                 Completion::LeaseLost => Err(sqlx::Error::Protocol(
@@ -346,6 +349,22 @@ impl PostgresStore {
     ) -> Result<(), StoreError> {
         self.inner.claims.forget(key, token);
         self.inner.give_up(conn, key, token).await
+    }
+
+    /// Forgets the claim whose connection was lent and is lost (closed when dropped, which frees
+    /// the key).
+    pub(crate) fn abandon_lent(&self, key: &StoreKey, token: ClaimToken) {
+        self.inner.claims.forget(key, token);
+    }
+
+    /// Commits the transaction of a request without a key.
+    pub(crate) async fn commit_keyless(&self, mut conn: HeldConn) -> Result<(), StoreError> {
+        conn.commit().await.map_err(|e| failed("commit", e))
+    }
+
+    /// Rolls back the transaction of a request without a key.
+    pub(crate) async fn rollback_keyless(&self, mut conn: HeldConn) -> Result<(), StoreError> {
+        conn.rollback().await.map_err(|e| failed("rollback", e))
     }
 
     /// A connection with a transaction open, for a request without a key.
@@ -425,7 +444,11 @@ impl IdempotencyStore for PostgresStore {
             let mut conn = HeldConn::acquire(&self.inner.pool)
                 .await
                 .map_err(|e| failed("acquire", e))?;
-            if conn.try_lock(lock_id).await.map_err(|e| failed("lock", e))? {
+            if conn
+                .try_lock(lock_id)
+                .await
+                .map_err(|e| failed("lock", e))?
+            {
                 let written = sqlx::query(&self.inner.queries.claim)
                     .bind(key.scope().as_bytes().as_slice())
                     .bind(key.key().as_str())
@@ -533,6 +556,9 @@ mod tests {
     fn rounds_durations_up_to_whole_milliseconds() {
         assert_eq!(millis(Duration::from_nanos(1)), 1.0);
         assert_eq!(millis(Duration::from_micros(1500)), 2.0);
-        assert_eq!(millis(Duration::MAX), 100.0 * 365.0 * 24.0 * 3600.0 * 1000.0);
+        assert_eq!(
+            millis(Duration::MAX),
+            100.0 * 365.0 * 24.0 * 3600.0 * 1000.0
+        );
     }
 }

@@ -101,7 +101,9 @@ mod tests {
         assert_eq!(table.as_str(), "payments.idem_keys2");
         let sql = table.schema_sql();
         assert!(sql.contains("CREATE TABLE IF NOT EXISTS payments.idem_keys2 ("));
-        assert!(sql.contains("CREATE INDEX IF NOT EXISTS idem_keys2_expires_at ON payments.idem_keys2"));
+        assert!(
+            sql.contains("CREATE INDEX IF NOT EXISTS idem_keys2_expires_at ON payments.idem_keys2")
+        );
         assert!(TableName::parse("_t").is_ok());
         assert!(TableName::parse(&"t".repeat(63)).is_ok());
     }
@@ -121,7 +123,10 @@ mod tests {
             "t-1",
         ] {
             let error = TableName::parse(bad).unwrap_err().to_string();
-            assert!(error.contains("invalid Postgres table name"), "{bad:?}: {error}");
+            assert!(
+                error.contains("invalid Postgres table name"),
+                "{bad:?}: {error}"
+            );
         }
         assert!(TableName::parse(&"t".repeat(64)).is_err());
     }
