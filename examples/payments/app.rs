@@ -11,6 +11,12 @@
 //! | `POST /quotes` | `post`, TTL 2 s | `201` a quote |
 //! | `POST /refunds` | `post`, key required | `201` the refund; `404` unknown charge |
 //! | `GET /stats` | none | `200` how many times an idempotent handler body ran |
+//!
+//! With the `postgres` feature, [`Payments::in_database`] keeps the charges in a Postgres table
+//! instead of this process's memory: `POST /charges`, `PATCH /charges/{id}` and `POST /refunds`
+//! then work through the request's transaction (`idem::postgres::Transaction`), so that a charge
+//! and its stored answer commit together, and `GET /charges` lists the table, so that every
+//! instance sees every charge. The answers are the same.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -34,6 +40,9 @@ pub(crate) const DECLINED_FROM: u64 = 1_000_000;
 #[derive(Clone, Default)]
 pub(crate) struct Payments {
     ledger: Arc<Ledger>,
+    /// Where the charges are when they are not in `ledger`.
+    #[cfg(feature = "postgres")]
+    database: Option<database::Charges>,
 }
 
 #[derive(Default)]
@@ -167,6 +176,16 @@ impl ApiError {
         }
     }
 
+    #[cfg(feature = "postgres")]
+    fn database_failed(error: &idem::postgres::sqlx::Error) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "api_error",
+            code: "database_failed",
+            message: format!("the ledger could not be written: {error}"),
+        }
+    }
+
     fn no_such_charge(id: &str) -> Self {
         Self {
             status: StatusCode::NOT_FOUND,
@@ -189,6 +208,10 @@ impl IntoResponse for ApiError {
 /// The API's routes on `payments`. Idempotency uses the `Idempotency` installed on the returned
 /// router with `Router::layer(Extension(..))`, or the process-wide default when there is none.
 pub(crate) fn router(payments: Payments) -> Router {
+    #[cfg(feature = "postgres")]
+    if payments.database.is_some() {
+        return database::router(payments);
+    }
     Router::new()
         .route("/charges", post(create_charge).get(list_charges))
         .route("/charges/{id}", patch(update_charge))
@@ -283,4 +306,211 @@ async fn stats(State(payments): State<Payments>) -> Json<Stats> {
     Json(Stats {
         executions: payments.executions(),
     })
+}
+
+/// The charges in a Postgres table, written through each request's transaction.
+#[cfg(feature = "postgres")]
+mod database {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use axum::extract::{Path, State};
+    use axum::http::StatusCode;
+    use axum::routing::{get, patch, post};
+    use axum::{Json, Router};
+    use idem::idempotent;
+    use idem::postgres::{Transaction, sqlx};
+    use sqlx::{PgConnection, PgPool, Row as _};
+
+    use super::{
+        ApiError, Charge, ChargeUpdate, DECLINED_FROM, NewCharge, NewRefund, Payments, Refund,
+        create_quote, stats,
+    };
+
+    /// The table of charges, and the pool to read it with.
+    #[derive(Clone)]
+    pub(super) struct Charges {
+        pool: PgPool,
+        table: Arc<str>,
+    }
+
+    impl Payments {
+        /// Payments whose charges live in `table` (created if it does not exist) of the
+        /// database behind `pool`.
+        pub(crate) async fn in_database(pool: PgPool, table: &str) -> Result<Self, sqlx::Error> {
+            sqlx::query(&format!(
+                "CREATE TABLE IF NOT EXISTS {table} (id bigserial PRIMARY KEY, \
+                 amount bigint NOT NULL, currency text NOT NULL, description text)"
+            ))
+            .execute(&pool)
+            .await?;
+            Ok(Self {
+                database: Some(Charges {
+                    pool,
+                    table: table.into(),
+                }),
+                ..Self::default()
+            })
+        }
+
+        fn table(&self) -> &Charges {
+            self.database
+                .as_ref()
+                .expect("routed here only with a database")
+        }
+    }
+
+    pub(super) fn router(payments: Payments) -> Router {
+        Router::new()
+            .route("/charges", post(create_charge).get(list_charges))
+            .route("/charges/{id}", patch(update_charge))
+            .route("/quotes", post(create_quote))
+            .route("/refunds", post(create_refund))
+            .route("/stats", get(stats))
+            .with_state(payments)
+    }
+
+    fn charge(row: &sqlx::postgres::PgRow) -> Result<Charge, sqlx::Error> {
+        Ok(Charge {
+            id: format!("ch_{}", row.try_get::<i64, _>("id")?),
+            amount: row.try_get::<i64, _>("amount")?.unsigned_abs(),
+            currency: row.try_get("currency")?,
+            description: row.try_get("description")?,
+        })
+    }
+
+    /// The row id of `ch_<n>`.
+    fn row_id(id: &str) -> Option<i64> {
+        id.strip_prefix("ch_")?.parse().ok()
+    }
+
+    async fn find(
+        conn: &mut PgConnection,
+        table: &str,
+        id: &str,
+    ) -> Result<Option<Charge>, sqlx::Error> {
+        let Some(row_id) = row_id(id) else {
+            return Ok(None);
+        };
+        let row = sqlx::query(&format!(
+            "SELECT id, amount, currency, description FROM {table} WHERE id = $1"
+        ))
+        .bind(row_id)
+        .fetch_optional(conn)
+        .await?;
+        row.as_ref().map(charge).transpose()
+    }
+
+    /// Inserts the charge through the request's transaction first, then waits `delay_ms`: a
+    /// crash during the wait leaves an uncommitted row, which Postgres throws away.
+    #[idempotent(post)]
+    async fn create_charge(
+        State(payments): State<Payments>,
+        tx: Transaction,
+        Json(request): Json<NewCharge>,
+    ) -> Result<(StatusCode, Json<Charge>), ApiError> {
+        payments.count_execution();
+        let refused = if request.fail {
+            Some(ApiError::processor_failed())
+        } else if request.amount >= DECLINED_FROM {
+            Some(ApiError::card_declined(request.amount))
+        } else {
+            None
+        };
+        let charge = match refused {
+            Some(_) => None,
+            None => {
+                let table = &payments.table().table;
+                let mut conn = tx.lock().await;
+                let row = sqlx::query(&format!(
+                    "INSERT INTO {table} (amount, currency) VALUES ($1, $2) \
+                     RETURNING id, amount, currency, description"
+                ))
+                .bind(i64::try_from(request.amount).unwrap_or(i64::MAX))
+                .bind(&request.currency)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(|e| ApiError::database_failed(&e))?;
+                Some(charge(&row).map_err(|e| ApiError::database_failed(&e))?)
+            }
+        };
+        if request.delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(request.delay_ms)).await;
+        }
+        match (refused, charge) {
+            (Some(error), _) => Err(error),
+            (None, Some(charge)) => Ok((StatusCode::CREATED, Json(charge))),
+            (None, None) => unreachable!("a charge is inserted unless refused"),
+        }
+    }
+
+    async fn list_charges(State(payments): State<Payments>) -> Result<Json<Vec<Charge>>, ApiError> {
+        let Charges { pool, table } = payments.table();
+        let rows = sqlx::query(&format!(
+            "SELECT id, amount, currency, description FROM {table} ORDER BY id"
+        ))
+        .fetch_all(pool)
+        .await
+        .map_err(|e| ApiError::database_failed(&e))?;
+        let charges = rows
+            .iter()
+            .map(charge)
+            .collect::<Result<_, _>>()
+            .map_err(|e| ApiError::database_failed(&e))?;
+        Ok(Json(charges))
+    }
+
+    #[idempotent(patch)]
+    async fn update_charge(
+        State(payments): State<Payments>,
+        tx: Transaction,
+        Path(id): Path<String>,
+        Json(update): Json<ChargeUpdate>,
+    ) -> Result<Json<Charge>, ApiError> {
+        payments.count_execution();
+        let table = &payments.table().table;
+        let mut conn = tx.lock().await;
+        if find(&mut conn, table, &id)
+            .await
+            .map_err(|e| ApiError::database_failed(&e))?
+            .is_none()
+        {
+            return Err(ApiError::no_such_charge(&id));
+        }
+        let row = sqlx::query(&format!(
+            "UPDATE {table} SET description = $1 WHERE id = $2 \
+             RETURNING id, amount, currency, description"
+        ))
+        .bind(update.description)
+        .bind(row_id(&id))
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| ApiError::database_failed(&e))?;
+        Ok(Json(
+            charge(&row).map_err(|e| ApiError::database_failed(&e))?,
+        ))
+    }
+
+    #[idempotent(post, required)]
+    async fn create_refund(
+        State(payments): State<Payments>,
+        tx: Transaction,
+        Json(request): Json<NewRefund>,
+    ) -> Result<(StatusCode, Json<Refund>), ApiError> {
+        payments.count_execution();
+        let table = &payments.table().table;
+        let found = find(&mut *tx.lock().await, table, &request.charge)
+            .await
+            .map_err(|e| ApiError::database_failed(&e))?;
+        if found.is_none() {
+            return Err(ApiError::no_such_charge(&request.charge));
+        }
+        let n = payments.ledger.refunds.fetch_add(1, Ordering::SeqCst) + 1;
+        let refund = Refund {
+            id: format!("re_{n}"),
+            charge: request.charge,
+        };
+        Ok((StatusCode::CREATED, Json(refund)))
+    }
 }

@@ -2,7 +2,10 @@
 //!
 //! Listens on `$PAYMENTS_ADDR` (default `127.0.0.1:3000`). Keys live in the process's memory, or,
 //! when built with `--features redis` and `$REDIS_URL` is set, in Redis, so that several instances
-//! share them. `$PAYMENTS_LEASE_MS` sets the claims' lease (default: idem's, 15 s). The routes are
+//! share them. Built with `--features postgres` and `$DATABASE_URL` set, the charges and the keys
+//! both live in that Postgres database (tables `payments_charges` and `payments_idem_keys`,
+//! created if missing), and each charge commits together with its stored answer.
+//! `$PAYMENTS_LEASE_MS` sets the claims' lease (default: idem's, 15 s). The routes are
 //! described in `app.rs`; the README shows a session with curl.
 
 // The address line is this program's interface: scripts wait for it.
@@ -19,8 +22,8 @@ use tokio::net::TcpListener;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
     let addr = std::env::var("PAYMENTS_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
-    let (idempotency, store) = idempotency().await?;
-    let router = app::router(app::Payments::default()).layer(Extension(idempotency));
+    let (idempotency, payments, store) = setup().await?;
+    let router = app::router(payments).layer(Extension(idempotency));
 
     let listener = TcpListener::bind(&addr)
         .await
@@ -38,6 +41,27 @@ async fn main() -> Result<(), Box<dyn Error>> {
         })
         .await?;
     Ok(())
+}
+
+/// The idempotency configuration, the payments and a description of where keys are kept: Postgres
+/// when the `postgres` feature is on and `$DATABASE_URL` is set (the charges too), else Redis when
+/// the `redis` feature is on and `$REDIS_URL` is set, else this process's memory.
+async fn setup() -> Result<(Idempotency, app::Payments, String), Box<dyn Error>> {
+    #[cfg(feature = "postgres")]
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        let store = idem::postgres::PostgresStore::builder()
+            .url(url.as_str())
+            .table("payments_idem_keys")
+            .migrate(true)
+            .build()
+            .await
+            .map_err(|error| format!("cannot use Postgres at {url}: {error}"))?;
+        let payments = app::Payments::in_database(store.pool().clone(), "payments_charges").await?;
+        let idempotency = Idempotency::builder().store(store).build()?;
+        return Ok((idempotency, payments, "Postgres".to_owned()));
+    }
+    let (idempotency, store) = idempotency().await?;
+    Ok((idempotency, app::Payments::default(), store))
 }
 
 /// The idempotency configuration and a description of where keys are kept: Redis when the

@@ -6,8 +6,10 @@
 //! - [`scope`]: whose key it is (the digest of `Authorization` by default);
 //! - [`fingerprint`]: the canonical SHA-256 digest that tells a retry from a different request,
 //!   and [`FingerprintInput`], what a handler argument contributes to it;
-//! - [`store`]: the [`IdempotencyStore`] trait and the stores: the in-memory [`MemoryStore`], and
-//!   Redis behind the `redis` feature;
+//! - [`store`]: the [`IdempotencyStore`] trait and the stores: the in-memory [`MemoryStore`],
+//!   Redis behind the `redis` feature, and Postgres behind the `postgres` feature;
+//! - `postgres` (feature `postgres`): the transactional mode, in which a handler's writes and its
+//!   stored answer commit in one Postgres transaction;
 //! - [`replay`]: capturing a handler's response, replaying it, and its binary form;
 //! - [`problem`]: every answer the layer makes itself, and the format it is answered in
 //!   (`application/problem+json` by default, Stripe's, or the application's own);
@@ -25,6 +27,8 @@ mod execute;
 pub mod fingerprint;
 pub mod key;
 pub mod metrics;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod problem;
 pub mod replay;
 pub mod scope;

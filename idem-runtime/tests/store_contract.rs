@@ -1,11 +1,14 @@
 //! The store contract: what every `IdempotencyStore` must do, written once over
 //! `Arc<dyn IdempotencyStore>` and run against the memory store, the Redis store, the Redis store
-//! with its local tier, and the Redis store on a three-master Redis Cluster.
+//! with its local tier, the Redis store on a three-master Redis Cluster, and the Postgres store.
 
 #![allow(missing_docs)]
 
 #[path = "support/claims.rs"]
 mod claims;
+#[cfg(feature = "postgres")]
+#[path = "support/postgres_server.rs"]
+mod postgres_server;
 #[cfg(feature = "redis")]
 #[path = "support/redis_cluster.rs"]
 mod redis_cluster;
@@ -464,7 +467,32 @@ macro_rules! contract {
                 }
             )*
         }
+
+        #[cfg(feature = "postgres")]
+        mod postgres_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(store) = crate::postgres_store().await else { return };
+                    super::$name(std::sync::Arc::new(store)).await;
+                }
+            )*
+        }
     };
+}
+
+/// A Postgres store on a table of its own, on this test binary's cluster.
+#[cfg(feature = "postgres")]
+async fn postgres_store() -> Option<idem_runtime::store::PostgresStore> {
+    let server = postgres_server::PostgresServer::shared()?;
+    let store = idem_runtime::store::PostgresStore::builder()
+        .url(server.url())
+        .table(postgres_server::unique_table("contract"))
+        .migrate(true)
+        .build()
+        .await
+        .expect("connects to the test cluster");
+    Some(store)
 }
 
 contract!(
@@ -778,5 +806,151 @@ mod redis_records {
             .await
             .unwrap_err();
         assert!(error.to_string().contains("longer than zero"), "{error}");
+    }
+}
+
+// ---- Postgres only: crashes, the sweep, the pool, the table name ----
+
+#[cfg(feature = "postgres")]
+mod postgres_records {
+    use std::time::Instant;
+
+    use idem_runtime::store::PostgresStore;
+
+    use super::*;
+    use crate::postgres_server::{PostgresServer, unique_table};
+
+    async fn store_on(table: &str) -> Option<PostgresStore> {
+        let server = PostgresServer::shared()?;
+        Some(
+            PostgresStore::builder()
+                .url(server.url())
+                .table(table)
+                .migrate(true)
+                .build()
+                .await
+                .expect("connects to the test cluster"),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_claim_whose_connection_died_is_taken_over_at_once() {
+        let table = unique_table("crash");
+        let Some(dying) = store_on(&table).await else {
+            return;
+        };
+        let survivor = store_on(&table).await.unwrap();
+        let k = key("crashed");
+        fresh(&dying, &k, &fp(1), LONG).await;
+        assert_eq!(
+            survivor.claim_new(&k, &fp(1), LONG).await.unwrap(),
+            Claimed::Existing(Record::InFlight { fingerprint: fp(1) }),
+            "a live holder keeps its key"
+        );
+        // The process dies: its connections close, and nothing gives the key up politely.
+        drop(dying);
+        let died = Instant::now();
+        let mut taken = None;
+        for _ in 0..POLLS {
+            if let Claimed::Fresh(token) = survivor.claim_new(&k, &fp(1), LONG).await.unwrap() {
+                taken = Some(token);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let token = taken.expect("the orphaned claim is taken over");
+        assert!(
+            died.elapsed() < Duration::from_secs(2),
+            "taken over {:?} after the holder died, with a lease of {LONG:?}",
+            died.elapsed()
+        );
+        assert_eq!(
+            survivor
+                .complete_response(&k, token, &fp(1), &response("survivor"), LONG)
+                .await
+                .unwrap(),
+            Completion::Stored
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_sweep_deletes_expired_rows_only() {
+        let Some(store) = store_on(&unique_table("sweep")).await else {
+            return;
+        };
+        for i in 0..5 {
+            let k = key(&format!("short-{i}"));
+            let token = fresh(&store, &k, &fp(1), LONG).await;
+            store
+                .complete_response(&k, token, &fp(1), &response("short"), SHORT)
+                .await
+                .unwrap();
+        }
+        let kept = key("kept");
+        let token = fresh(&store, &kept, &fp(1), LONG).await;
+        store
+            .complete_response(&kept, token, &fp(1), &response("kept"), LONG)
+            .await
+            .unwrap();
+        let held = key("held");
+        fresh(&store, &held, &fp(1), SHORT).await;
+        tokio::time::sleep(SHORT * 3).await;
+        // Five done rows past their TTL; the claim past its lease is given up by its own timer.
+        let mut swept = 0;
+        for _ in 0..POLLS {
+            swept += store.sweep().await.unwrap();
+            if swept >= 5 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(swept, 5);
+        assert!(matches!(
+            store.lookup(&kept).await.unwrap(),
+            Some(Record::Done(_))
+        ));
+        assert_eq!(store.sweep().await.unwrap(), 0, "nothing left to sweep");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_exhausted_pool_fails_a_claim_within_its_acquire_timeout() {
+        let Some(server) = PostgresServer::shared() else {
+            return;
+        };
+        let store = PostgresStore::builder()
+            .url(server.url())
+            .table(unique_table("pool"))
+            .migrate(true)
+            .max_connections(1)
+            .acquire_timeout(Duration::from_millis(300))
+            .build()
+            .await
+            .unwrap();
+        // The one connection is held by the first claim.
+        fresh(&store, &key("first"), &fp(1), LONG).await;
+        let started = Instant::now();
+        let error = store
+            .claim_new(&key("second"), &fp(1), LONG)
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(2), "{error}");
+        assert_eq!(store.held_claims(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_table_name_that_is_not_an_identifier_is_refused() {
+        for bad in ["idem keys", "x; DROP TABLE charges", "a.b.c", "9lives", ""] {
+            let error = PostgresStore::builder()
+                .url("postgres://nobody@127.0.0.1:1/none")
+                .table(bad)
+                .build()
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("invalid Postgres table name"),
+                "{bad:?}: {error}"
+            );
+        }
     }
 }

@@ -9,6 +9,7 @@ use http::request::Parts;
 
 use super::body::{self, BufferBody, Last};
 use super::prepare::{KeyRejection, Prepared, prepare};
+use super::transaction::Offer;
 use crate::config::handler::HandlerOptions;
 use crate::fingerprint::FingerprintInput;
 
@@ -26,6 +27,8 @@ pub trait HandlerConfig: Send + Sync + 'static {
 /// last one through [`Context::body`], then hands it the handler's future with [`Context::run`].
 pub struct Context<O> {
     request: Option<Box<Prepared>>,
+    /// A slot for the handler's `idem::postgres::Transaction`, when the store is Postgres.
+    transaction: Offer,
     _options: PhantomData<fn() -> O>,
 }
 
@@ -45,8 +48,10 @@ impl<O: HandlerConfig, S: Send + Sync> FromRequestParts<S> for Context<O> {
         if request.is_some() {
             parts.extensions.insert(BufferBody);
         }
+        let transaction = Offer::make(parts, request.as_ref().map(|request| &request.key));
         Ok(Context {
             request,
+            transaction,
             _options: PhantomData,
         })
     }
@@ -96,8 +101,8 @@ impl<O> Context<O> {
         F::Output: IntoResponse,
     {
         match self.request {
-            None => handler.await.into_response(),
-            Some(request) => request.run(handler).await,
+            None => self.transaction.run_keyless(handler).await,
+            Some(request) => request.run(handler, self.transaction).await,
         }
     }
 }

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use super::claim::{Decision, decide};
 use super::prepare::Prepared;
 use super::record::{Execution, Outcome};
+use super::transaction::Offer;
 use crate::problem::Problem;
 use crate::store::ClaimToken;
 
@@ -25,7 +26,7 @@ impl Prepared {
     /// client went away: a claim whose answer was lost would block its key until the lease ran
     /// out, and a handler cut short would leave its work half done. The task finishes, stores the
     /// result, and the retry gets the replay.
-    pub(super) async fn run<F>(self, handler: F) -> Response
+    pub(super) async fn run<F>(self, handler: F, transaction: Offer) -> Response
     where
         F: Future + Send + 'static,
         F::Output: IntoResponse,
@@ -34,7 +35,7 @@ impl Prepared {
         // when the exchange itself fails.
         let errors = self.settings.errors.clone();
         let route = self.route.clone();
-        let mut exchange = Box::pin(self.process(handler));
+        let mut exchange = Box::pin(self.process(handler, transaction));
         let first_poll = poll_fn(|cx| {
             Poll::Ready(std::panic::catch_unwind(AssertUnwindSafe(|| {
                 exchange.as_mut().poll(cx)
@@ -60,7 +61,7 @@ impl Prepared {
         }
     }
 
-    async fn process<F>(self, handler: F) -> Response
+    async fn process<F>(self, handler: F, transaction: Offer) -> Response
     where
         F: Future + Send + 'static,
         F::Output: IntoResponse,
@@ -93,6 +94,7 @@ impl Prepared {
             digest,
             token,
             route,
+            transaction: Default::default(),
         };
         match decision {
             Decision::Answer(response) => response,
@@ -100,7 +102,7 @@ impl Prepared {
                 execution.record(Outcome::Release).await;
                 response
             }
-            Decision::Run => execution.run(handler).await,
+            Decision::Run => execution.run(handler, transaction).await,
         }
     }
 }

@@ -12,6 +12,7 @@ use tokio::time::{Instant, sleep};
 
 use super::claim::with_timeout;
 use super::record::{Execution, Outcome};
+use super::transaction::Offer;
 use crate::problem::Problem;
 use crate::replay::capture;
 use crate::store::{Claim, Completed};
@@ -30,12 +31,20 @@ enum Stopped {
 
 impl Execution {
     /// Runs the handler to its end, records the outcome, and answers: the handler's response,
-    /// or `500` when it panicked or its body failed (the key is then released).
-    pub(super) async fn run<F>(self, handler: F) -> Response
+    /// or `500` when it panicked or its body failed (the key is then released). A handler that
+    /// takes a `Transaction` runs in the claim's; if it does not commit, the answer is `503`.
+    pub(super) async fn run<F>(mut self, handler: F, transaction: Offer) -> Response
     where
         F: Future + Send + 'static,
         F::Output: IntoResponse,
     {
+        self.transaction = match transaction.lend(&self.key, self.token).await {
+            Ok(lent) => lent,
+            Err(response) => {
+                self.record(Outcome::Release).await;
+                return response;
+            }
+        };
         let max_body_bytes = self.settings.max_body_bytes;
         let mut produced = pin!(
             AssertUnwindSafe(async move {
@@ -92,7 +101,9 @@ impl Execution {
                         request_digest: self.digest,
                         response: stored,
                     });
-                    self.record(Outcome::Complete(completed)).await;
+                    if !self.record(Outcome::Complete(completed)).await {
+                        return Problem::commit_failed().into_response();
+                    }
                 }
                 first
             }

@@ -27,6 +27,8 @@
 //! - `handler`: the claimed request's handler runs; a panic or a failing body answers `500`.
 //! - `record`: what the outcome writes to the store (complete or release), retried in the
 //!   background when the store fails.
+//! - `transaction`: the transactional mode (feature `postgres`): the handler runs in the claim's
+//!   transaction, and the outcome is recorded in it before the answer goes out.
 //!
 //! Every outcome is a `tracing` event on the target `idem` with the field `outcome`.
 
@@ -37,6 +39,7 @@ mod exchange;
 mod handler;
 mod prepare;
 mod record;
+mod transaction;
 
 pub use self::body::Last;
 pub use self::context::{Context, HandlerConfig};

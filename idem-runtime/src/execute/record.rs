@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::time::{Instant, sleep};
 
 use super::claim::with_timeout;
+use super::transaction::Lent;
 use crate::config::Settings;
 use crate::fingerprint::{Fingerprint, RequestDigest};
 use crate::metrics::Route;
@@ -22,6 +23,8 @@ pub(super) struct Execution {
     pub(super) token: ClaimToken,
     /// The route, for metrics.
     pub(super) route: Route,
+    /// The claim's connection, when it was lent to the handler (the transactional mode).
+    pub(super) transaction: Lent,
 }
 
 /// What a finished execution writes to the store.
@@ -47,13 +50,24 @@ impl Execution {
     /// out: a transient fault must not leave the key in flight for a whole lease, after which a
     /// retry would run the handler a second time (a lost completion) or wait for nothing (a lost
     /// release).
-    pub(super) async fn record(self, outcome: Outcome) {
+    ///
+    /// In the transactional mode the outcome is written in the handler's transaction, before the
+    /// answer, and nothing is retried: `false` when a completion did not commit (none of the
+    /// request's work was kept, and the key is free); the answer must then say so.
+    pub(super) async fn record(mut self, outcome: Outcome) -> bool {
+        if self.transaction.is_lent() {
+            let lent = std::mem::take(&mut self.transaction);
+            return lent
+                .finish(&self.key, self.token, &self.settings, &outcome)
+                .await;
+        }
         let Err(error) = self.write(&outcome).await else {
-            return;
+            return true;
         };
         let operation = outcome.operation();
         tracing::error!(target: "idem", outcome = "store_error", operation, key = %self.key.key(), %error, "store write failed; retrying in the background until the lease runs out");
         tokio::spawn(self.retry(outcome));
+        true
     }
 
     async fn retry(self, outcome: Outcome) {

@@ -81,6 +81,17 @@
 //! `500 Internal Server Error`. An input of the request could not be encoded for its fingerprint
 //! (its `Serialize` implementation failed). The handler did not run.
 //!
+//! # commit-failed
+//! `503 Service Unavailable`, with `Retry-After`. The handler ran in the database transaction of
+//! the request (`idem::postgres::Transaction`), but the transaction could not be committed: none
+//! of its work was kept and nothing was stored. Retry with the same key.
+//!
+//! # transaction-unavailable
+//! `500 Internal Server Error`. The handler takes `idem::postgres::Transaction`, but the
+//! application's idempotency store is not a `PostgresStore` (or the handler is not
+//! `#[idempotent]`). The handler did not run. Install one with
+//! `Idempotency::builder().store(PostgresStore::builder()...build().await?)`.
+//!
 //! ```
 //! use idem_runtime::problem::Problem;
 //!
@@ -131,6 +142,12 @@ pub enum ProblemKind {
     /// `500`: an input could not be encoded for the fingerprint
     /// ([fingerprint-failed](self#fingerprint-failed)).
     FingerprintFailed,
+    /// `503` + `Retry-After`: the request's database transaction did not commit; nothing of it
+    /// was kept ([commit-failed](self#commit-failed)).
+    CommitFailed,
+    /// `500`: the handler takes `idem::postgres::Transaction` but the store is not a
+    /// `PostgresStore` ([transaction-unavailable](self#transaction-unavailable)).
+    TransactionUnavailable,
 }
 
 impl ProblemKind {
@@ -145,6 +162,8 @@ impl ProblemKind {
         Self::HandlerPanicked,
         Self::ResponseFailed,
         Self::FingerprintFailed,
+        Self::CommitFailed,
+        Self::TransactionUnavailable,
     ];
 
     /// The kind's name in problem+json `type` links: `key-invalid`, `request-in-flight`, ….
@@ -160,6 +179,8 @@ impl ProblemKind {
             Self::HandlerPanicked => "handler-panicked",
             Self::ResponseFailed => "response-failed",
             Self::FingerprintFailed => "fingerprint-failed",
+            Self::CommitFailed => "commit-failed",
+            Self::TransactionUnavailable => "transaction-unavailable",
         }
     }
 
@@ -172,10 +193,11 @@ impl ProblemKind {
             Self::RequestInFlight => StatusCode::CONFLICT,
             Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::ResponseNotKept => StatusCode::GONE,
-            Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Self::HandlerPanicked | Self::ResponseFailed | Self::FingerprintFailed => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Self::StoreUnavailable | Self::CommitFailed => StatusCode::SERVICE_UNAVAILABLE,
+            Self::HandlerPanicked
+            | Self::ResponseFailed
+            | Self::FingerprintFailed
+            | Self::TransactionUnavailable => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -192,6 +214,8 @@ impl ProblemKind {
             Self::HandlerPanicked => "Request failed",
             Self::ResponseFailed => "Response failed",
             Self::FingerprintFailed => "Request could not be fingerprinted",
+            Self::CommitFailed => "Request not committed",
+            Self::TransactionUnavailable => "No database transaction for this handler",
         }
     }
 }
@@ -293,6 +317,27 @@ impl Problem {
         .with_retry_after(Duration::from_secs(1))
     }
 
+    /// `503` + `Retry-After`: the request's database transaction did not commit; nothing of it
+    /// was kept.
+    #[must_use]
+    pub fn commit_failed() -> Self {
+        Self::new(
+            ProblemKind::CommitFailed,
+            "the request's database transaction could not be committed, so none of its work was kept; retry later with the same key",
+        )
+        .with_retry_after(Duration::from_secs(1))
+    }
+
+    /// `500`: the handler takes `idem::postgres::Transaction` but no `PostgresStore` is
+    /// installed; the handler did not run.
+    #[must_use]
+    pub fn transaction_unavailable() -> Self {
+        Self::new(
+            ProblemKind::TransactionUnavailable,
+            "this handler takes `idem::postgres::Transaction`, which needs a `PostgresStore` as the idempotency store and an `#[idempotent]` handler: install the store with `Idempotency::builder().store(PostgresStore::builder().url(..).build().await?)` and layer the `Idempotency` on the router",
+        )
+    }
+
     /// `500`: the handler panicked; nothing was stored.
     #[must_use]
     pub fn handler_panicked() -> Self {
@@ -341,6 +386,8 @@ impl Problem {
             ProblemKind::FingerprintFailed => {
                 Self::fingerprint_failed(&"the input's `Serialize` implementation failed")
             }
+            ProblemKind::CommitFailed => Self::commit_failed(),
+            ProblemKind::TransactionUnavailable => Self::transaction_unavailable(),
         }
     }
 

@@ -86,6 +86,10 @@ pub(crate) fn classify(kind: ProblemKind) -> (StatusCode, &'static str, &'static
         ProblemKind::HandlerPanicked => (kind.status(), API, "idempotency_handler_panicked"),
         ProblemKind::ResponseFailed => (kind.status(), API, "idempotency_response_failed"),
         ProblemKind::FingerprintFailed => (kind.status(), API, "idempotency_fingerprint_failed"),
+        ProblemKind::CommitFailed => (kind.status(), API, "idempotency_commit_failed"),
+        ProblemKind::TransactionUnavailable => {
+            (kind.status(), API, "idempotency_transaction_unavailable")
+        }
     }
 }
 

@@ -25,9 +25,12 @@
 
 mod completed;
 mod memory;
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
 
+use std::any::Any;
 use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -36,6 +39,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use self::memory::{DEFAULT_MAX_BYTES, MemoryStore, MemoryStoreBuilder};
+#[cfg(feature = "postgres")]
+pub use self::postgres::{
+    DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_SWEEP_BATCH, DEFAULT_SWEEP_INTERVAL,
+    DEFAULT_TABLE, PostgresStore, PostgresStoreBuilder, SCHEMA_SQL,
+};
 #[cfg(feature = "redis")]
 pub use self::redis::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOCAL_TIER_BYTES, DEFAULT_PREFIX, DEFAULT_RESPONSE_TIMEOUT,
@@ -305,7 +313,7 @@ impl StoreError {
 /// # });
 /// ```
 #[async_trait]
-pub trait IdempotencyStore: Send + Sync + 'static {
+pub trait IdempotencyStore: Any + Send + Sync + 'static {
     /// Claims `key` under `token` for a request with `fingerprint`, for at most `lease`.
     ///
     /// Returns [`Claim::Fresh`] when no record exists (or the existing in-flight record's lease
