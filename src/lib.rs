@@ -133,8 +133,21 @@
 //!     .layer(Extension(idempotency));
 //! ```
 //!
+//! # Fitting into the API
+//!
+//! - Error answers in the API's own format: problem+json by default, Stripe's envelope, or the
+//!   API's own ([`problem`]), runtime-wide with [`IdempotencyBuilder::errors`] or per handler with
+//!   `errors = ..`.
+//! - What is kept and replayed: the [`KeepPolicy`] (`keep = ..`) and the lists of replayed headers
+//!   ([`replay::ReplayHeaders`], `replay_only = [..]`, `replay_except = [..]`).
+//! - Metrics, with the `metrics` feature: `idem_requests_total{route, outcome}` and
+//!   `idem_store_seconds{operation}` ([`metrics`]).
+//! - OpenAPI, with the `utoipa` feature: `openapi::Idempotent` documents each idempotent
+//!   operation's key header, replay marker and answers in the API's utoipa document.
+//!
 //! The runtime's modules are re-exported here: [`key`], [`scope`], [`fingerprint`], [`store`],
-//! [`replay`], [`problem`] and [`config`].
+//! [`replay`], [`problem`], [`config`] and [`metrics`] (and `openapi`, with the `utoipa`
+//! feature).
 
 pub use idem_runtime::*;
 

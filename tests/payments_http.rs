@@ -4,7 +4,10 @@
 
 #![allow(missing_docs)]
 
-#[allow(dead_code, reason = "the example's database mode is driven by the Postgres tests")]
+#[allow(
+    dead_code,
+    reason = "the example's database mode is driven by the Postgres tests"
+)]
 #[path = "../examples/payments/app.rs"]
 mod app;
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote, quote_spanned};
+use quote::{ToTokens as _, format_ident, quote, quote_spanned};
 use syn::spanned::Spanned as _;
 use syn::{Item, ItemFn, ReturnType};
 
@@ -106,6 +106,13 @@ fn expand(handler: &Handler, args: &Args) -> TokenStream {
     let asyncness = &sig.asyncness;
     let fn_token = &sig.fn_token;
 
+    let (operation_id, path) = utoipa_operation(attrs);
+    let operation_id = operation_id.unwrap_or_else(|| name.to_string());
+    let path = match path {
+        Some(path) => quote!(::core::option::Option::Some(#path)),
+        None => quote!(::core::option::Option::None),
+    };
+
     // The options type exists exactly when the handler does.
     let cfgs: Vec<_> = attrs
         .iter()
@@ -124,6 +131,8 @@ fn expand(handler: &Handler, args: &Args) -> TokenStream {
                 #options
                 ..#private::HandlerOptions::DEFAULT
             };
+            const OPERATION_ID: &'static str = #operation_id;
+            const PATH: ::core::option::Option<&'static str> = #path;
         }
 
         #(#attrs)*
@@ -137,6 +146,43 @@ fn expand(handler: &Handler, args: &Args) -> TokenStream {
             #run
         }
     }
+}
+
+/// The `operation_id` and `path` of a `#[utoipa::path(..)]` below the attribute, where they are
+/// string literals.
+fn utoipa_operation(attrs: &[syn::Attribute]) -> (Option<String>, Option<String>) {
+    let mut found = (None, None);
+    for attr in attrs {
+        let syn::Meta::List(list) = &attr.meta else {
+            continue;
+        };
+        let segments = &list.path.segments;
+        let is_utoipa_path = segments.last().is_some_and(|last| last.ident == "path")
+            && (segments.len() == 1
+                || segments
+                    .first()
+                    .is_some_and(|first| first.ident == "utoipa"));
+        if !is_utoipa_path {
+            continue;
+        }
+        for item in valid::split_commas(list.tokens.clone()) {
+            if let [
+                proc_macro2::TokenTree::Ident(key),
+                proc_macro2::TokenTree::Punct(eq),
+                proc_macro2::TokenTree::Literal(value),
+            ] = item.as_slice()
+                && eq.as_char() == '='
+                && let Ok(syn::Lit::Str(value)) = syn::parse2::<syn::Lit>(value.to_token_stream())
+            {
+                if key == "operation_id" {
+                    found.0 = Some(value.value());
+                } else if key == "path" {
+                    found.1 = Some(value.value());
+                }
+            }
+        }
+    }
+    found
 }
 
 /// The fields of `HandlerOptions` that the attribute sets.

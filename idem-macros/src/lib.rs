@@ -202,15 +202,16 @@ use proc_macro::TokenStream;
 /// # What it writes
 ///
 /// Next to the handler, a hidden type `__idem_options_<handler>` with the handler's visibility,
-/// which carries the options as constants. The handler itself takes the runtime's context
-/// extractor first (it reads the key, the scope and the request line, and answers `400` for a bad
-/// key), then each original argument. The last one, unless it is `#[idem(skip)]`, is taken
-/// wrapped in the runtime's `Last<T>`: for a request with a key its body is read into memory
-/// first, so that a retry repeating a completed request byte for byte is replayed before the body
-/// is parsed; otherwise it is extracted as `T` would be. The handler feeds each argument to the
-/// fingerprint and runs the original body, as written, through the runtime, which decides whether
-/// to run it, replay or refuse. Everything generated is reached through `idem::__private`, which
-/// is not public API.
+/// which carries the options as constants (and, for `idem::openapi`, the `operation_id` and `path`
+/// of a `#[utoipa::path]` below the attribute, or the function's name). The handler itself takes
+/// the runtime's context extractor first (it reads the key, the scope and the request line, and
+/// answers `400` for a bad key), then each original argument. The last one, unless it is
+/// `#[idem(skip)]`, is taken wrapped in the runtime's `Last<T>`: for a request with a key its body
+/// is read into memory first, so that a retry repeating a completed request byte for byte is
+/// replayed before the body is parsed; otherwise it is extracted as `T` would be. The handler feeds
+/// each argument to the fingerprint and runs the original body, as written, through the runtime,
+/// which decides whether to run it, replay or refuse. Everything generated is reached through
+/// `idem::__private`, which is not public API.
 #[proc_macro_attribute]
 pub fn idempotent(args: TokenStream, input: TokenStream) -> TokenStream {
     let input = proc_macro2::TokenStream::from(input);

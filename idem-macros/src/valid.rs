@@ -198,7 +198,7 @@ fn method_ident(ident: &proc_macro2::Ident) -> Option<(HttpMethod, Span)> {
 }
 
 /// The comma-separated items of an attribute's arguments, each as its tokens.
-fn split_commas(tokens: proc_macro2::TokenStream) -> Vec<Vec<TokenTree>> {
+pub(crate) fn split_commas(tokens: proc_macro2::TokenStream) -> Vec<Vec<TokenTree>> {
     let mut items = vec![Vec::new()];
     for token in tokens {
         match &token {

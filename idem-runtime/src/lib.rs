@@ -14,7 +14,9 @@
 //! - [`problem`]: every answer the layer makes itself, and the format it is answered in
 //!   (`application/problem+json` by default, Stripe's, or the application's own);
 //! - [`config`]: runtime-wide defaults, overridden per handler by the attribute;
-//! - [`metrics`]: each request's outcome and the store's timings, behind the `metrics` feature.
+//! - [`metrics`]: each request's outcome and the store's timings, behind the `metrics` feature;
+//! - `openapi`: the idempotent operations in the API's utoipa document, behind the `utoipa`
+//!   feature.
 //!
 //! The way of one request through them — prepare, body, claim, handler, record — is private to
 //! the runtime; what `#[idempotent]` expansions call is in `__private`, which is not public API.
@@ -27,6 +29,8 @@ mod execute;
 pub mod fingerprint;
 pub mod key;
 pub mod metrics;
+#[cfg(feature = "utoipa")]
+pub mod openapi;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod problem;

@@ -18,6 +18,11 @@ use crate::fingerprint::FingerprintInput;
 pub trait HandlerConfig: Send + Sync + 'static {
     /// The handler's settings.
     const OPTIONS: HandlerOptions;
+    /// The `operationId` of the handler's OpenAPI operation: the `operation_id` of a
+    /// `#[utoipa::path]` below the attribute, or else the function's name.
+    const OPERATION_ID: &'static str = "";
+    /// The `path` of a `#[utoipa::path]` below the attribute, when it is a string.
+    const PATH: Option<&'static str> = None;
 }
 
 /// The idempotency state of one request: the first extractor of an `#[idempotent]` handler.

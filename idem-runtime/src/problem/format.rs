@@ -48,6 +48,19 @@ use super::Problem;
 pub trait ErrorFormat: Send + Sync + 'static {
     /// The response for `problem`.
     fn render(&self, problem: &Problem) -> Response;
+
+    /// The name and JSON schema of the bodies [`render`](Self::render) writes, for the OpenAPI
+    /// document ([`openapi`](crate::openapi)). `None` (the default) documents each answer with an
+    /// example body rendered by this format, and no schema.
+    #[cfg(feature = "utoipa")]
+    fn schema(
+        &self,
+    ) -> Option<(
+        std::borrow::Cow<'static, str>,
+        utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+    )> {
+        None
+    }
 }
 
 impl<F> ErrorFormat for F
@@ -83,6 +96,16 @@ impl ErrorFormat for ProblemJson {
             body.set_value("body_bytes", &len);
         }
         body.to_axum_response()
+    }
+
+    #[cfg(feature = "utoipa")]
+    fn schema(
+        &self,
+    ) -> Option<(
+        std::borrow::Cow<'static, str>,
+        utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+    )> {
+        Some(crate::openapi::schemas::problem_json())
     }
 }
 

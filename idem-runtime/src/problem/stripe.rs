@@ -107,4 +107,14 @@ impl ErrorFormat for Stripe {
         };
         (status, Json(body)).into_response()
     }
+
+    #[cfg(feature = "utoipa")]
+    fn schema(
+        &self,
+    ) -> Option<(
+        std::borrow::Cow<'static, str>,
+        utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+    )> {
+        Some(crate::openapi::schemas::stripe())
+    }
 }
