@@ -93,6 +93,12 @@ impl PostgresServer {
             std::os::unix::fs::chown(dir.join("postgres.log"), Some(id("-u")), Some(id("-g")))
                 .expect("log file owned by postgres");
         }
+        // The server outlives this call on purpose: the watchdog stops it once the test process
+        // has ended, whichever way it ends.
+        #[allow(
+            clippy::zombie_processes,
+            reason = "the watchdog stops and reaps the server"
+        )]
         run_as(as_root, &bindir.join("postgres"))
             .arg("-D")
             .arg(&data)
@@ -238,6 +244,10 @@ fn free_port() -> u16 {
 
 /// Starts a process that waits for this test process to end, then stops the server (fast
 /// shutdown, then SIGKILL after 10 s) and removes `dir`.
+#[allow(
+    clippy::zombie_processes,
+    reason = "the watchdog ends when the test process does; init reaps it"
+)]
 fn watchdog(dir: &Path) {
     let script = r#"
         while kill -0 "$1" 2>/dev/null; do sleep 0.5; done
