@@ -50,16 +50,17 @@ async fn lossy_network_on_postgres_executes_and_charges_each_operation_once() {
         let url = proxy.url("/charges");
 
         let bodies: Vec<_> = (0..ops).map(|op| charge(op, dice.below(21))).collect();
-        let results: Vec<(Definitive, Attempts)> = stream::iter(0..ops)
-            .map(|op| {
-                let (client, url, dice, body) = (&client, &url, &dice, &bodies[op]);
-                async move {
-                    retry_until_definitive(client, url, &format!("op-{op}"), body, dice).await
-                }
-            })
-            .buffered(CONCURRENCY)
-            .collect()
-            .await;
+        let results: Vec<(Definitive, Attempts)> =
+            stream::iter(0..ops)
+                .map(|op| {
+                    let (client, url, dice, body) = (&client, &url, &dice, &bodies[op]);
+                    async move {
+                        retry_until_definitive(client, url, &format!("op-{op}"), body, dice).await
+                    }
+                })
+                .buffered(CONCURRENCY)
+                .collect()
+                .await;
 
         let answers: Vec<Definitive> = results.iter().map(|(a, _)| a.clone()).collect();
         let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {charges}"))

@@ -16,14 +16,11 @@ use crate::valid;
 pub(crate) fn idempotent(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
     // A function that does not parse (half-typed code in an editor) keeps syn's own error, which
     // points into it; any other item is not what the attribute is for.
-    let item = match syn::parse2::<Item>(input)? {
-        Item::Fn(item) => item,
-        _ => {
-            return Err(syn::Error::new(
-                Span::call_site(),
-                "`#[idempotent]` applies to an `async fn` handler",
-            ));
-        }
+    let Item::Fn(item) = syn::parse2::<Item>(input)? else {
+        return Err(syn::Error::new(
+            Span::call_site(),
+            "`#[idempotent]` applies to an `async fn` handler",
+        ));
     };
     let mut cx = Ctxt::default();
     let args = Args::parse(args, &mut cx);

@@ -52,7 +52,7 @@ async fn claim_together(store: &Arc<MemoryStore>, k: &StoreKey, tasks: usize) ->
         match handle.await.unwrap() {
             Claimed::Fresh(_) => fresh += 1,
             Claimed::Existing(record) => {
-                assert_eq!(record, Record::InFlight { fingerprint: fp(1) })
+                assert_eq!(record, Record::InFlight { fingerprint: fp(1) });
             }
         }
     }

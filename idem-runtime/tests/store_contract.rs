@@ -105,7 +105,7 @@ async fn concurrent_claims_on_a_free_key_give_exactly_one_fresh(store: Arc<dyn I
         match task.await.unwrap() {
             Claimed::Fresh(_) => fresh += 1,
             Claimed::Existing(record) => {
-                assert_eq!(record, Record::InFlight { fingerprint: fp(1) })
+                assert_eq!(record, Record::InFlight { fingerprint: fp(1) });
             }
         }
     }
