@@ -338,6 +338,10 @@ mod database {
     impl Payments {
         /// Payments whose charges live in `table` (created if it does not exist) of the
         /// database behind `pool`.
+        #[allow(
+            dead_code,
+            reason = "the tests that include this file for the in-memory ledger do not call it"
+        )]
         pub(crate) async fn in_database(pool: PgPool, table: &str) -> Result<Self, sqlx::Error> {
             sqlx::query(&format!(
                 "CREATE TABLE IF NOT EXISTS {table} (id bigserial PRIMARY KEY, \

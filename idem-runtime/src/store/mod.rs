@@ -16,7 +16,10 @@
 //! the in-memory tiers keep that very `Arc`.
 //!
 //! [`MemoryStore`] (moka, one process) is the default. With the `redis` feature, `RedisStore` shares
-//! claims and results between every instance of a service. Other stores — DynamoDB, say —
+//! claims and results between every instance of a service; with the `postgres` feature,
+//! `PostgresStore` keeps them in the application's own database, holds each claim with an
+//! advisory lock that dies with its connection, and backs the transactional mode
+//! (`idem::postgres`). Other stores — DynamoDB, say —
 //! implement the same trait outside this crate; the response format they need is
 //! [`StoredResponse::encode`] / [`StoredResponse::decode`].
 //!
@@ -280,6 +283,10 @@ impl StoreError {
 /// it is what `complete`, `release` and a repeated `claim` compare. A store that keeps bytes
 /// encodes the response with [`StoredResponse::encode`] and keeps the fingerprint and the
 /// request digest beside it.
+///
+/// [`Any`] is a supertrait so that the runtime can recognise a store it has more to do with (the
+/// Postgres store lends its claim's transaction to the handler); every `'static` type already
+/// implements it, so it asks nothing of an implementation.
 ///
 /// ```
 /// use std::sync::Arc;

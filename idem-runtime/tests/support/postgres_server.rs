@@ -14,7 +14,7 @@
 use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct PostgresServer {
     port: u16,
     dir: PathBuf,
+    /// The server (through `runuser` when root) and the watchdog: never waited for, since the
+    /// watchdog ends them once this process is gone.
+    _processes: [Child; 2],
 }
 
 impl PostgresServer {
@@ -93,13 +96,7 @@ impl PostgresServer {
             std::os::unix::fs::chown(dir.join("postgres.log"), Some(id("-u")), Some(id("-g")))
                 .expect("log file owned by postgres");
         }
-        // The server outlives this call on purpose: the watchdog stops it once the test process
-        // has ended, whichever way it ends.
-        #[allow(
-            clippy::zombie_processes,
-            reason = "the watchdog stops and reaps the server"
-        )]
-        run_as(as_root, &bindir.join("postgres"))
+        let postgres = run_as(as_root, &bindir.join("postgres"))
             .arg("-D")
             .arg(&data)
             .arg("-p")
@@ -123,8 +120,12 @@ impl PostgresServer {
             .stderr(log)
             .spawn()
             .expect("postgres starts");
-        watchdog(&dir);
-        let server = Self { port, dir };
+        let watchdog = watchdog(&dir);
+        let server = Self {
+            port,
+            dir,
+            _processes: [postgres, watchdog],
+        };
         server.wait_ready(&bindir);
         Some(server)
     }
@@ -244,11 +245,7 @@ fn free_port() -> u16 {
 
 /// Starts a process that waits for this test process to end, then stops the server (fast
 /// shutdown, then SIGKILL after 10 s) and removes `dir`.
-#[allow(
-    clippy::zombie_processes,
-    reason = "the watchdog ends when the test process does; init reaps it"
-)]
-fn watchdog(dir: &Path) {
+fn watchdog(dir: &Path) -> Child {
     let script = r#"
         while kill -0 "$1" 2>/dev/null; do sleep 0.5; done
         pid=$(head -n 1 "$2/data/postmaster.pid" 2>/dev/null)
@@ -269,5 +266,5 @@ fn watchdog(dir: &Path) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("the watchdog starts");
+        .expect("the watchdog starts")
 }
