@@ -23,32 +23,96 @@ fn faulty_app(store: &Arc<FaultyStore>, probe: &Probe) -> Router {
     })
 }
 
+/// The wrapper of a fresh memory store, twice: asked asynchronously, and answering at once
+/// (the runtime takes another way for each).
+fn both_ways() -> [Arc<FaultyStore>; 2] {
+    [
+        Arc::new(FaultyStore::memory()),
+        Arc::new(FaultyStore::memory().answering_at_once()),
+    ]
+}
+
 #[tokio::test]
 async fn a_failing_claim_answers_503_and_runs_nothing() {
-    let store = Arc::new(FaultyStore::memory());
-    let probe = Probe::default();
-    let app = faulty_app(&store, &probe);
-    let order = json!({"amount": 1});
-    store.force(Operation::Claim, Some(Fault::FailBefore));
-    let answer = send(&app, post_json("/orders", Some("k"), &order)).await;
-    answer.assert_problem(503, "store-unavailable");
-    assert_eq!(answer.headers["retry-after"], "1");
-    assert_eq!(probe.runs(), 0);
+    for store in both_ways() {
+        let probe = Probe::default();
+        let app = faulty_app(&store, &probe);
+        let order = json!({"amount": 1});
+        store.force(Operation::Claim, Some(Fault::FailBefore));
+        let answer = send(&app, post_json("/orders", Some("k"), &order)).await;
+        answer.assert_problem(503, "store-unavailable");
+        assert_eq!(answer.headers["retry-after"], "1");
+        assert_eq!(probe.runs(), 0);
 
-    // When the store recovers, the same key works: nothing was left behind.
-    store.force(Operation::Claim, None);
-    assert_eq!(
+        // When the store recovers, the same key works: nothing was left behind.
+        store.force(Operation::Claim, None);
+        assert_eq!(
+            send(&app, post_json("/orders", Some("k"), &order))
+                .await
+                .status,
+            201
+        );
+        assert!(
+            send(&app, post_json("/orders", Some("k"), &order))
+                .await
+                .is_replay()
+        );
+        assert_eq!(probe.runs(), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_claim_whose_answer_was_lost_leaves_its_key_free() {
+    for store in both_ways() {
+        let probe = Probe::default();
+        let app = faulty_app(&store, &probe);
+        let order = json!({"amount": 1});
+        // The claim is made, but the runtime hears a failure: it answers 503 and releases its own
+        // claim, so the retry runs at once instead of waiting out the lease.
+        store.force(Operation::Claim, Some(Fault::FailAfter));
         send(&app, post_json("/orders", Some("k"), &order))
             .await
-            .status,
-        201
-    );
-    assert!(
+            .assert_problem(503, "store-unavailable");
+        store.force(Operation::Claim, None);
+        let retry = until_not_in_flight(&app, &order).await;
+        assert_eq!(retry.status, 201);
+        assert_eq!(probe.runs(), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_panics_never_runs_a_handler_twice() {
+    for store in both_ways() {
+        let probe = Probe::default();
+        let app = faulty_app(&store, &probe);
+        let order = json!({"amount": 1});
+        store.force(Operation::Claim, Some(Fault::Panic));
         send(&app, post_json("/orders", Some("k"), &order))
             .await
-            .is_replay()
-    );
-    assert_eq!(probe.runs(), 1);
+            .assert_problem(500, "handler-panicked");
+        assert_eq!(probe.runs(), 0, "no claim, no handler");
+        store.force(Operation::Claim, None);
+
+        // A panic in the completion, after the handler ran: its answer still goes out, and the
+        // key stays in flight until its lease runs out, so no retry runs the handler meanwhile.
+        store.force(Operation::Complete, Some(Fault::Panic));
+        let first = send(&app, post_json("/orders", Some("j"), &order)).await;
+        assert_eq!(first.status, 201);
+        assert_eq!(probe.runs(), 1);
+        store.force(Operation::Complete, None);
+        send(&app, post_json("/orders", Some("j"), &order))
+            .await
+            .assert_problem(409, "request-in-flight");
+        assert_eq!(probe.runs(), 1);
+
+        // The first key was left free.
+        assert_eq!(
+            send(&app, post_json("/orders", Some("k"), &order))
+                .await
+                .status,
+            201
+        );
+    }
 }
 
 #[tokio::test]
@@ -78,51 +142,53 @@ async fn until_not_in_flight(app: &Router, order: &serde_json::Value) -> Answer 
 
 #[tokio::test]
 async fn a_failed_completion_is_retried_until_it_lands() {
-    let store = Arc::new(FaultyStore::memory());
-    let probe = Probe::default();
-    let app = faulty_app(&store, &probe);
-    let order = json!({"amount": 1});
-    store.force(Operation::Complete, Some(Fault::FailBefore));
-    let first = send(&app, post_json("/orders", Some("k"), &order)).await;
-    assert_eq!(
-        first.status, 201,
-        "the handler ran; its answer is not withheld"
-    );
-    // While the store fails, the record stays in flight: retries are told to wait, never run twice.
-    send(&app, post_json("/orders", Some("k"), &order))
-        .await
-        .assert_problem(409, "request-in-flight");
+    for store in both_ways() {
+        let probe = Probe::default();
+        let app = faulty_app(&store, &probe);
+        let order = json!({"amount": 1});
+        store.force(Operation::Complete, Some(Fault::FailBefore));
+        let first = send(&app, post_json("/orders", Some("k"), &order)).await;
+        assert_eq!(
+            first.status, 201,
+            "the handler ran; its answer is not withheld"
+        );
+        // While the store fails, the record stays in flight: retries are told to wait, never run twice.
+        send(&app, post_json("/orders", Some("k"), &order))
+            .await
+            .assert_problem(409, "request-in-flight");
 
-    // Once the store recovers, the completion lands without waiting for the (5 minute) lease, and
-    // the retry is the replay of the first answer.
-    store.force(Operation::Complete, None);
-    let retry = until_not_in_flight(&app, &order).await;
-    assert!(retry.is_replay(), "status {}", retry.status);
-    assert_eq!(retry.body, first.body);
-    assert_eq!(probe.runs(), 1);
+        // Once the store recovers, the completion lands without waiting for the (5 minute) lease, and
+        // the retry is the replay of the first answer.
+        store.force(Operation::Complete, None);
+        let retry = until_not_in_flight(&app, &order).await;
+        assert!(retry.is_replay(), "status {}", retry.status);
+        assert_eq!(retry.body, first.body);
+        assert_eq!(probe.runs(), 1);
+    }
 }
 
 #[tokio::test]
 async fn a_failed_release_is_retried_so_the_key_is_not_stuck() {
-    let store = Arc::new(FaultyStore::memory());
-    let probe = Probe::default();
-    let app = faulty_app(&store, &probe);
-    let order = json!({"amount": 1, "panic": true});
-    store.force(Operation::Release, Some(Fault::FailBefore));
-    send(&app, post_json("/orders", Some("k"), &order))
-        .await
-        .assert_problem(500, "handler-panicked");
-    send(&app, post_json("/orders", Some("k"), &order))
-        .await
-        .assert_problem(409, "request-in-flight");
+    for store in both_ways() {
+        let probe = Probe::default();
+        let app = faulty_app(&store, &probe);
+        let order = json!({"amount": 1, "panic": true});
+        store.force(Operation::Release, Some(Fault::FailBefore));
+        send(&app, post_json("/orders", Some("k"), &order))
+            .await
+            .assert_problem(500, "handler-panicked");
+        send(&app, post_json("/orders", Some("k"), &order))
+            .await
+            .assert_problem(409, "request-in-flight");
 
-    // Once the store recovers the key is released, well before its lease runs out: the retry
-    // runs the handler again.
-    store.force(Operation::Release, None);
-    until_not_in_flight(&app, &order)
-        .await
-        .assert_problem(500, "handler-panicked");
-    assert_eq!(probe.runs(), 2);
+        // Once the store recovers the key is released, well before its lease runs out: the retry
+        // runs the handler again.
+        store.force(Operation::Release, None);
+        until_not_in_flight(&app, &order)
+            .await
+            .assert_problem(500, "handler-panicked");
+        assert_eq!(probe.runs(), 2);
+    }
 }
 
 #[tokio::test]

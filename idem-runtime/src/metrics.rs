@@ -24,7 +24,7 @@
 //! | `panicked` | got `500`: the handler panicked |
 //! | `response_failed` | got `500`: the handler's response body failed |
 //! | `fingerprint_failed` | got `500`: an input could not be encoded for the fingerprint |
-//! | `aborted` | got `500`: the exchange panicked outside the handler (in a store, say) |
+//! | `aborted` | got `500`: the exchange panicked outside the handler (in a store, say); or ran, and the store panicked while recording its outcome (its answer was sent) |
 //!
 //! Each request is counted once, with its final outcome. `operation` is `claim`, `renew` (a
 //! claim renewed while the handler runs), `lookup` (a duplicate waiting under

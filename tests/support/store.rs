@@ -15,7 +15,10 @@
 //! those.
 //!
 //! It never answers [`IdempotencyStore::peek`], so that every request goes through
-//! [`IdempotencyStore::claim`], where the faults are.
+//! [`IdempotencyStore::claim`], where the faults are. Built with [`FaultyStore::answering_at_once`]
+//! around a store that answers at once, it answers at once too
+//! ([`IdempotencyStore::immediate`]), with the same faults made synchronous: the runtime's way
+//! for such stores is then under test. A stall cannot happen there; it fails instead.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,8 +28,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use idem::fingerprint::Fingerprint;
 use idem::store::{
-    Claim, ClaimToken, Completed, Completion, IdempotencyStore, MemoryStore, Record, StoreError,
-    StoreKey,
+    Claim, ClaimToken, Completed, Completion, IdempotencyStore, ImmediateStore, MemoryStore,
+    Record, StoreError, StoreKey,
 };
 use tokio::sync::watch;
 
@@ -60,6 +63,8 @@ pub enum Fault {
     StallBefore,
     /// Lets the inner store do the operation, then hangs.
     StallAfter,
+    /// Panics before the inner store is asked (only when forced).
+    Panic,
 }
 
 const KINDS: [Fault; 4] = [
@@ -90,6 +95,8 @@ pub struct FaultyStore {
     fresh_claims: Mutex<HashMap<String, HashSet<ClaimToken>>>,
     /// Calls asked for, per operation.
     calls: watch::Sender<[usize; 4]>,
+    /// Whether it answers at once, as its inner store does.
+    at_once: bool,
 }
 
 impl FaultyStore {
@@ -107,7 +114,20 @@ impl FaultyStore {
             injected: Mutex::new(HashMap::new()),
             fresh_claims: Mutex::new(HashMap::new()),
             calls: watch::channel([0; 4]).0,
+            at_once: false,
         }
+    }
+
+    /// Answers at once, in place of the asynchronous calls, as the inner store does.
+    ///
+    /// # Panics
+    ///
+    /// If the inner store does not answer at once.
+    #[must_use]
+    pub fn answering_at_once(mut self) -> Self {
+        assert!(self.inner.immediate().is_some(), "the inner store waits");
+        self.at_once = true;
+        self
     }
 
     /// A wrapper around a fresh [`MemoryStore`].
@@ -257,6 +277,7 @@ impl FaultyStore {
             .expect("kept by the store");
         match fault {
             Some(Fault::FailBefore) => return Err(StoreError::new("injected failure")),
+            Some(Fault::Panic) => panic!("injected panic in {operation:?}"),
             Some(Fault::StallBefore) => {
                 tokio::time::sleep(self.stall).await;
                 return Err(StoreError::new("injected stall"));
@@ -275,6 +296,78 @@ impl FaultyStore {
     }
 }
 
+impl FaultyStore {
+    /// Runs `op` on the inner store at once, with the fault chosen for `operation`, if any; a
+    /// stall fails, since nothing here waits.
+    fn with_fault_now<T>(
+        &self,
+        operation: Operation,
+        op: impl FnOnce(&dyn ImmediateStore) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let fault = self.pick(operation);
+        match fault {
+            Some(Fault::FailBefore | Fault::StallBefore) => {
+                return Err(StoreError::new("injected failure"));
+            }
+            Some(Fault::Panic) => panic!("injected panic in {operation:?}"),
+            _ => {}
+        }
+        let inner = self.inner.immediate().expect("checked when built");
+        let result = op(inner);
+        match fault {
+            Some(Fault::FailAfter | Fault::StallAfter) => {
+                Err(StoreError::new("injected lost answer"))
+            }
+            _ => result,
+        }
+    }
+
+    fn count_fresh(&self, key: &StoreKey, token: ClaimToken, claim: &Claim) {
+        if *claim == Claim::Fresh {
+            // A renewal is a claim repeated under the same token: a key's fresh claims are its
+            // distinct tokens.
+            self.fresh_claims
+                .lock()
+                .unwrap()
+                .entry(key.key().as_str().to_owned())
+                .or_default()
+                .insert(token);
+        }
+    }
+}
+
+impl ImmediateStore for FaultyStore {
+    fn claim_now(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        token: ClaimToken,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let claim = self.with_fault_now(Operation::Claim, |inner| {
+            inner.claim_now(key, fingerprint, token, lease)
+        })?;
+        self.count_fresh(key, token, &claim);
+        Ok(claim)
+    }
+
+    fn complete_now(
+        &self,
+        key: &StoreKey,
+        token: ClaimToken,
+        completed: Arc<Completed>,
+        ttl: Duration,
+    ) -> Result<Completion, StoreError> {
+        self.with_fault_now(Operation::Complete, |inner| {
+            inner.complete_now(key, token, completed, ttl)
+        })
+    }
+
+    fn release_now(&self, key: &StoreKey, token: ClaimToken) -> Result<(), StoreError> {
+        self.with_fault_now(Operation::Release, |inner| inner.release_now(key, token))
+    }
+}
+
 #[async_trait]
 impl IdempotencyStore for FaultyStore {
     async fn claim(
@@ -290,16 +383,7 @@ impl IdempotencyStore for FaultyStore {
                 self.inner.claim(key, fingerprint, token, lease),
             )
             .await?;
-        if claim == Claim::Fresh {
-            // A renewal is a claim repeated under the same token: a key's fresh claims are its
-            // distinct tokens.
-            self.fresh_claims
-                .lock()
-                .unwrap()
-                .entry(key.key().as_str().to_owned())
-                .or_default()
-                .insert(token);
-        }
+        self.count_fresh(key, token, &claim);
         Ok(claim)
     }
 
@@ -325,5 +409,9 @@ impl IdempotencyStore for FaultyStore {
     async fn lookup(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
         self.with_fault(Operation::Lookup, self.inner.lookup(key))
             .await
+    }
+
+    fn immediate(&self) -> Option<&dyn ImmediateStore> {
+        if self.at_once { Some(self) } else { None }
     }
 }

@@ -38,33 +38,40 @@ pub(super) async fn decide(
 ) -> Decision {
     let wait_until = Instant::now() + settings.wait_timeout;
     loop {
-        let claim = store.claim(key, fingerprint, token, settings.lease);
-        let record = match with_timeout(settings, "claim", claim).await {
-            Ok(Claim::Fresh) => return Decision::Run,
-            Ok(Claim::Existing(record)) => record,
-            Err(error) => {
-                return Decision::Failed(store_failed(settings, route, "claim", key, &error));
-            }
-        };
-        let record = match record {
-            Record::InFlight { .. }
-                if record.fingerprint() == fingerprint
-                    && settings.conflict == ConflictPolicy::Wait =>
-            {
-                match wait_for_result(store, settings, key, wait_until).await {
-                    Ok(Some(record)) => record,
-                    // Released or expired: the key is free again, so try to claim it.
-                    Ok(None) => continue,
-                    Err(error) => {
-                        return Decision::Answer(store_failed(
-                            settings, route, "lookup", key, &error,
-                        ));
-                    }
+        let claimed = claim(store, settings, "claim", key, fingerprint, token).await;
+        if let Ok(Claim::Existing(record @ Record::InFlight { .. })) = &claimed
+            && record.fingerprint() == fingerprint
+            && settings.conflict == ConflictPolicy::Wait
+        {
+            return match wait_for_result(store, settings, key, wait_until).await {
+                Ok(Some(record)) => {
+                    Decision::Answer(answer_existing(settings, route, key, fingerprint, &record))
                 }
-            }
-            record => record,
-        };
-        return Decision::Answer(answer_existing(settings, route, key, fingerprint, &record));
+                // Released or expired: the key is free again, so try to claim it.
+                Ok(None) => continue,
+                Err(error) => {
+                    Decision::Answer(store_failed(settings, route, "lookup", key, &error))
+                }
+            };
+        }
+        return settle(settings, route, key, fingerprint, claimed);
+    }
+}
+
+/// What the answer to a claim decides, without waiting for an in-flight record.
+pub(super) fn settle(
+    settings: &Settings,
+    route: &Route,
+    key: &StoreKey,
+    fingerprint: &Fingerprint,
+    claimed: Result<Claim, StoreError>,
+) -> Decision {
+    match claimed {
+        Ok(Claim::Fresh) => Decision::Run,
+        Ok(Claim::Existing(record)) => {
+            Decision::Answer(answer_existing(settings, route, key, fingerprint, &record))
+        }
+        Err(error) => Decision::Failed(store_failed(settings, route, "claim", key, &error)),
     }
 }
 
@@ -126,6 +133,35 @@ async fn wait_for_result(
         sleep(pause.min(until.saturating_duration_since(now))).await;
         pause = (pause * 2).min(Duration::from_millis(250));
     }
+}
+
+/// Claims `key` under `token` for a lease, in place if the store answers at once; `name` names
+/// the operation in metrics (a claim, or the renewal of one).
+pub(super) async fn claim(
+    store: &dyn IdempotencyStore,
+    settings: &Settings,
+    name: &'static str,
+    key: &StoreKey,
+    fingerprint: &Fingerprint,
+    token: ClaimToken,
+) -> Result<Claim, StoreError> {
+    match store.immediate() {
+        Some(now) => timed(name, || {
+            now.claim_now(key, fingerprint, token, settings.lease)
+        }),
+        None => {
+            let claim = store.claim(key, fingerprint, token, settings.lease);
+            with_timeout(settings, name, claim).await
+        }
+    }
+}
+
+/// A call to a store that answers at once ([`IdempotencyStore::immediate`]), timed for metrics.
+pub(super) fn timed<T>(name: &'static str, call: impl FnOnce() -> T) -> T {
+    let timer = StoreTimer::start();
+    let result = call();
+    timer.stop(name);
+    result
 }
 
 /// A store operation, failed after [`Settings::store_timeout`]; `name` names it in metrics.

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 
 use super::body::{self, BufferBody, Last};
+use super::handler::produce;
 use super::prepare::{KeyRejection, Prepared, prepare};
 use super::transaction::Offer;
 use crate::config::handler::HandlerOptions;
@@ -53,7 +54,11 @@ impl<O: HandlerConfig, S: Send + Sync> FromRequestParts<S> for Context<O> {
         if request.is_some() {
             parts.extensions.insert(BufferBody);
         }
-        let transaction = Offer::make(parts, request.as_ref().map(|request| &request.key));
+        let transaction = Offer::make(
+            parts,
+            &O::OPTIONS,
+            request.as_ref().map(|request| &request.key),
+        );
         Ok(Context {
             request,
             transaction,
@@ -107,7 +112,10 @@ impl<O> Context<O> {
     {
         match self.request {
             None => self.transaction.run_keyless(handler).await,
-            Some(request) => request.run(handler, self.transaction).await,
+            Some(request) => {
+                let produce = produce(handler, request.settings.max_body_bytes);
+                request.run(produce, self.transaction).await
+            }
         }
     }
 }

@@ -22,7 +22,8 @@
 //! - `body`: the handler's last argument, through [`Last`]: its body is read into memory so that
 //!   a byte-identical retry is replayed before the body is parsed.
 //! - `exchange`: claim, handler and completion as one unit that a client disconnect cannot cut
-//!   short. It is polled once in place; if it has to wait, it moves into a task of its own.
+//!   short. It runs in place; what has to wait (a store call over the network, a handler that
+//!   waits) moves into a task of its own.
 //! - `claim`: the claim and what an existing record answers (replay, `409`, `422`, `410`).
 //! - `handler`: the claimed request's handler runs; a panic or a failing body answers `500`.
 //! - `record`: what the outcome writes to the store (complete or release), retried in the

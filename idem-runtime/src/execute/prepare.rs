@@ -40,17 +40,17 @@ pub(super) fn prepare(
         .extensions
         .get::<Idempotency>()
         .unwrap_or_else(|| Idempotency::global());
-    let settings = config.settings().with(options);
-    let key = match IdempotencyKey::from_headers(
-        &parts.headers,
-        &settings.header,
-        settings.max_key_len,
-    ) {
+    // What the key needs first: a request without one takes no part, and needs no settings.
+    let defaults = config.settings();
+    let header = options.header.as_ref().unwrap_or(&defaults.header);
+    let max_key_len = options.max_key_len.unwrap_or(defaults.max_key_len);
+    let key = match IdempotencyKey::from_headers(&parts.headers, header, max_key_len) {
         Ok(Some(key)) => key,
-        Ok(None) if !settings.required => return Ok(None),
-        Ok(None) => return Err(reject_key(&KeyError::Missing, &settings, parts)),
-        Err(error) => return Err(reject_key(&error, &settings, parts)),
+        Ok(None) if !options.required.unwrap_or(defaults.required) => return Ok(None),
+        Ok(None) => return Err(reject_key(&KeyError::Missing, config, options, parts)),
+        Err(error) => return Err(reject_key(&error, config, options, parts)),
     };
+    let settings = defaults.with(options);
     let scope = match options.scope {
         Some(scope) => scope(parts),
         None => config.scope_source().scope(parts),
@@ -75,13 +75,19 @@ pub(super) fn prepare(
     })))
 }
 
-fn reject_key(error: &KeyError, settings: &Settings, parts: &Parts) -> KeyRejection {
+fn reject_key(
+    error: &KeyError,
+    config: &Idempotency,
+    options: &HandlerOptions,
+    parts: &Parts,
+) -> KeyRejection {
     tracing::info!(target: "idem", outcome = "invalid_key", %error, "idempotency key refused");
     Route::of(parts).outcome("invalid_key");
+    let settings = config.settings().with(options);
     KeyRejection {
         error: error.clone(),
-        header: settings.header.clone(),
-        errors: settings.errors.clone(),
+        header: settings.header,
+        errors: settings.errors,
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, sleep};
 
-use super::claim::with_timeout;
+use super::claim::{timed, with_timeout};
 use super::transaction::Lent;
 use crate::config::Settings;
 use crate::fingerprint::{Fingerprint, RequestDigest};
@@ -61,13 +61,29 @@ impl Execution {
                 .finish(&self.key, self.token, &self.settings, &outcome)
                 .await;
         }
-        let Err(error) = self.write(&outcome).await else {
-            return true;
-        };
+        if let Err(error) = self.write(&outcome).await {
+            self.retry_later(outcome, &error);
+        }
+        true
+    }
+
+    /// [`record`](Self::record), with a store that answers at once
+    /// ([`immediate`](crate::store::IdempotencyStore::immediate)) and outside the transactional
+    /// mode: the write is made before this returns (or, if it fails, retried in the background).
+    pub(super) fn record_here(self, outcome: Outcome) {
+        match self.write_here(&outcome) {
+            Some(Ok(())) => {}
+            Some(Err(error)) => self.retry_later(outcome, &error),
+            None => {
+                tokio::spawn(self.record(outcome));
+            }
+        }
+    }
+
+    fn retry_later(self, outcome: Outcome, error: &StoreError) {
         let operation = outcome.operation();
         tracing::error!(target: "idem", outcome = "store_error", operation, key = %self.key.key(), %error, "store write failed; retrying in the background until the lease runs out");
         tokio::spawn(self.retry(outcome));
-        true
     }
 
     async fn retry(self, outcome: Outcome) {
@@ -91,9 +107,40 @@ impl Execution {
         }
     }
 
+    /// The write, in place, if the store answers at once; `None` if it has to be awaited.
+    fn write_here(&self, outcome: &Outcome) -> Option<Result<(), StoreError>> {
+        let now = self.store.immediate()?;
+        let written = match outcome {
+            Outcome::Complete(completed) => timed("complete", || {
+                now.complete_now(
+                    &self.key,
+                    self.token,
+                    Arc::clone(completed),
+                    self.settings.ttl,
+                )
+            })
+            .map(|completion| self.completed(completed, completion)),
+            Outcome::Release => timed("release", || now.release_now(&self.key, self.token)),
+        };
+        Some(written)
+    }
+
     async fn write(&self, outcome: &Outcome) -> Result<(), StoreError> {
+        if let Some(written) = self.write_here(outcome) {
+            return written;
+        }
         match outcome {
-            Outcome::Complete(completed) => self.complete(completed).await,
+            Outcome::Complete(completed) => {
+                let complete = self.store.complete(
+                    &self.key,
+                    self.token,
+                    Arc::clone(completed),
+                    self.settings.ttl,
+                );
+                let completion = with_timeout(&self.settings, "complete", complete).await?;
+                self.completed(completed, completion);
+                Ok(())
+            }
             Outcome::Release => {
                 let release = self.store.release(&self.key, self.token);
                 with_timeout(&self.settings, "release", release).await
@@ -101,18 +148,8 @@ impl Execution {
         }
     }
 
-    async fn complete(&self, completed: &Arc<Completed>) -> Result<(), StoreError> {
-        let completion = with_timeout(
-            &self.settings,
-            "complete",
-            self.store.complete(
-                &self.key,
-                self.token,
-                Arc::clone(completed),
-                self.settings.ttl,
-            ),
-        )
-        .await?;
+    /// Reports a completion the store answered.
+    fn completed(&self, completed: &Completed, completion: Completion) {
         let key = self.key.key();
         let status = completed.response.status().as_u16();
         match completion {
@@ -125,6 +162,5 @@ impl Execution {
                 self.route.outcome("lease_lost");
             }
         }
-        Ok(())
     }
 }

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 #[cfg(feature = "postgres")]
 use {
     super::claim::with_timeout,
+    crate::config::handler::HandlerOptions,
     crate::config::{Idempotency, Settings},
     crate::postgres::Slot,
     crate::problem::Problem,
@@ -42,7 +43,11 @@ impl Offer {
     /// Leaves a slot in `parts` when the configured store is a `PostgresStore`; `key` is the
     /// request's, if it takes part in idempotency.
     #[cfg(feature = "postgres")]
-    pub(super) fn make(parts: &mut http::request::Parts, key: Option<&StoreKey>) -> Self {
+    pub(super) fn make(
+        parts: &mut http::request::Parts,
+        options: &HandlerOptions,
+        key: Option<&StoreKey>,
+    ) -> Self {
         let config = parts
             .extensions
             .get::<Idempotency>()
@@ -51,7 +56,7 @@ impl Offer {
         let Some(store) = store.downcast_ref::<PostgresStore>() else {
             return Self::default();
         };
-        let (store, settings) = (store.clone(), config.settings().clone());
+        let (store, settings) = (store.clone(), config.settings().with(options));
         let slot = Arc::new(Slot::new(key.cloned()));
         parts.extensions.insert(Arc::clone(&slot));
         Self {
@@ -62,6 +67,7 @@ impl Offer {
     #[cfg(not(feature = "postgres"))]
     pub(super) fn make(
         _parts: &mut http::request::Parts,
+        _options: &crate::config::handler::HandlerOptions,
         _key: Option<&crate::store::StoreKey>,
     ) -> Self {
         Self::default()
@@ -96,11 +102,11 @@ impl Offer {
             Ok(Some(conn)) => conn,
             Ok(None) => {
                 tracing::error!(target: "idem", outcome = "store_error", operation = "begin", key = %key.key(), "the claim's lease ran out before its handler started");
-                return Err(Problem::store_unavailable().into_response());
+                return Err(settings.errors.render(&Problem::store_unavailable()));
             }
             Err(error) => {
                 tracing::error!(target: "idem", outcome = "store_error", operation = "begin", key = %key.key(), %error, "could not begin the request's transaction; handler not run");
-                return Err(Problem::store_unavailable().into_response());
+                return Err(settings.errors.render(&Problem::store_unavailable()));
             }
         };
         *slot.conn.lock().await = Some(lent);
@@ -214,7 +220,7 @@ where
         Ok(conn) => conn,
         Err(error) => {
             tracing::error!(target: "idem", outcome = "store_error", operation = "begin", %error, "could not begin the request's transaction; handler not run");
-            return Problem::store_unavailable().into_response();
+            return settings.errors.render(&Problem::store_unavailable());
         }
     };
     *slot.conn.lock().await = Some(conn);
@@ -243,7 +249,7 @@ where
                 Ok(()) => response,
                 Err(error) => {
                     tracing::error!(target: "idem", outcome = "commit_failed", %error, "the request's transaction did not commit; nothing kept");
-                    Problem::commit_failed().into_response()
+                    settings.errors.render(&Problem::commit_failed())
                 }
             }
         }

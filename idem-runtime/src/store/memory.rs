@@ -11,7 +11,8 @@ use async_trait::async_trait;
 
 use super::completed::{CompletedCache, KeyHasher, deadline};
 use super::{
-    Claim, ClaimToken, Completed, Completion, IdempotencyStore, Record, StoreError, StoreKey,
+    Claim, ClaimToken, Completed, Completion, IdempotencyStore, ImmediateStore, Record, StoreError,
+    StoreKey,
 };
 use crate::fingerprint::Fingerprint;
 
@@ -248,6 +249,54 @@ impl IdempotencyStore for MemoryStore {
         token: ClaimToken,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
+        self.claim_now(key, fingerprint, token, lease)
+    }
+
+    async fn complete(
+        &self,
+        key: &StoreKey,
+        token: ClaimToken,
+        completed: Arc<Completed>,
+        ttl: Duration,
+    ) -> Result<Completion, StoreError> {
+        self.complete_now(key, token, completed, ttl)
+    }
+
+    async fn release(&self, key: &StoreKey, token: ClaimToken) -> Result<(), StoreError> {
+        self.release_now(key, token)
+    }
+
+    async fn lookup(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
+        if let Some(done) = self.done.get(key) {
+            return Ok(Some(Record::Done(done)));
+        }
+        let now = Instant::now();
+        let claims = self.claims.lock(key);
+        if let Some(held) = claims.live(key, now) {
+            return Ok(Some(Record::InFlight {
+                fingerprint: held.fingerprint,
+            }));
+        }
+        Ok(self.done.get_at(key, now).map(Record::Done))
+    }
+
+    fn peek(&self, key: &StoreKey) -> Option<Arc<Completed>> {
+        self.done.get(key)
+    }
+
+    fn immediate(&self) -> Option<&dyn ImmediateStore> {
+        Some(self)
+    }
+}
+
+impl ImmediateStore for MemoryStore {
+    fn claim_now(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        token: ClaimToken,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
         // A completed key (every replay, 422) is answered without the lock: a record in the cache
         // is final, whatever the claim table says.
         if let Some(done) = self.done.get(key) {
@@ -277,7 +326,7 @@ impl IdempotencyStore for MemoryStore {
         Ok(Claim::Fresh)
     }
 
-    async fn complete(
+    fn complete_now(
         &self,
         key: &StoreKey,
         token: ClaimToken,
@@ -303,30 +352,12 @@ impl IdempotencyStore for MemoryStore {
         Ok(Completion::Stored)
     }
 
-    async fn release(&self, key: &StoreKey, token: ClaimToken) -> Result<(), StoreError> {
+    fn release_now(&self, key: &StoreKey, token: ClaimToken) -> Result<(), StoreError> {
         let mut claims = self.claims.lock(key);
         if claims.map.get(key).is_some_and(|held| held.token == token) {
             claims.remove(key);
         }
         Ok(())
-    }
-
-    async fn lookup(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
-        if let Some(done) = self.done.get(key) {
-            return Ok(Some(Record::Done(done)));
-        }
-        let now = Instant::now();
-        let claims = self.claims.lock(key);
-        if let Some(held) = claims.live(key, now) {
-            return Ok(Some(Record::InFlight {
-                fingerprint: held.fingerprint,
-            }));
-        }
-        Ok(self.done.get_at(key, now).map(Record::Done))
-    }
-
-    fn peek(&self, key: &StoreKey) -> Option<Arc<Completed>> {
-        self.done.get(key)
     }
 }
 

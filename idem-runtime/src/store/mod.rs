@@ -368,4 +368,73 @@ pub trait IdempotencyStore: Any + Send + Sync + 'static {
         let _ = key;
         None
     }
+
+    /// The same store's claim, completion and release as plain calls, if it answers them at once
+    /// from this process's memory; `None` (the default) for a store that waits on I/O.
+    ///
+    /// The runtime then calls them in place of [`claim`](Self::claim),
+    /// [`complete`](Self::complete) and [`release`](Self::release): a request whose handler does
+    /// not wait is claimed, run and completed within one poll, with no future boxed for the
+    /// store, no store timeout armed, and no task spawned to protect the exchange from a client
+    /// that goes away (nothing can be cut short between two calls that do not wait). The
+    /// [`ImmediateStore`] methods must follow the same rules as the asynchronous ones and see the
+    /// same records. A store that wraps another keeps the default unless it forwards every call.
+    fn immediate(&self) -> Option<&dyn ImmediateStore> {
+        None
+    }
+}
+
+/// The operations of a store that answers without waiting (see
+/// [`IdempotencyStore::immediate`]): each follows the rules of its asynchronous twin.
+///
+/// [`MemoryStore`] implements it.
+///
+/// ```
+/// use std::time::Duration;
+/// use idem_runtime::fingerprint::Fingerprint;
+/// use idem_runtime::key::IdempotencyKey;
+/// use idem_runtime::scope::Scope;
+/// use idem_runtime::store::{Claim, ClaimToken, IdempotencyStore, MemoryStore, StoreKey};
+///
+/// let store = MemoryStore::default();
+/// let now = store.immediate().expect("the memory store answers at once");
+/// let key = StoreKey::new(Scope::ANONYMOUS, IdempotencyKey::parse(b"k1", 255).unwrap());
+/// let token = ClaimToken::random();
+/// let claim = now.claim_now(&key, &Fingerprint::from_bytes([7; 32]), token, Duration::from_secs(60));
+/// assert_eq!(claim.unwrap(), Claim::Fresh);
+/// now.release_now(&key, token).unwrap();
+/// ```
+pub trait ImmediateStore: Send + Sync {
+    /// [`IdempotencyStore::claim`], answered at once.
+    ///
+    /// # Errors
+    ///
+    /// The store failed; the request is answered `503`.
+    fn claim_now(
+        &self,
+        key: &StoreKey,
+        fingerprint: &Fingerprint,
+        token: ClaimToken,
+        lease: Duration,
+    ) -> Result<Claim, StoreError>;
+
+    /// [`IdempotencyStore::complete`], answered at once.
+    ///
+    /// # Errors
+    ///
+    /// The store failed; the runtime retries in the background, as for `complete`.
+    fn complete_now(
+        &self,
+        key: &StoreKey,
+        token: ClaimToken,
+        completed: Arc<Completed>,
+        ttl: Duration,
+    ) -> Result<Completion, StoreError>;
+
+    /// [`IdempotencyStore::release`], answered at once.
+    ///
+    /// # Errors
+    ///
+    /// The store failed; the runtime retries in the background, as for `release`.
+    fn release_now(&self, key: &StoreKey, token: ClaimToken) -> Result<(), StoreError>;
 }
