@@ -1,24 +1,27 @@
 //! The completed records a process keeps in its own memory: a [moka](https://docs.rs/moka) cache
-//! bounded in bytes, each record expiring after its TTL. [`MemoryStore`](super::MemoryStore) keeps
-//! its results here, and `RedisStore`'s local tier its copies of Redis's.
+//! bounded in bytes, each record answered until its TTL runs out. [`MemoryStore`](super::MemoryStore)
+//! keeps its results here, and `RedisStore`'s local tier its copies of Redis's.
+//!
+//! The TTL is checked when a record is read, not by the cache's own expiry: the cache then keeps
+//! no timer-wheel node per record (40 bytes of each small record, measured by the `memory` bench,
+//! and work on every insertion and eviction). A record past its TTL is never answered; its memory
+//! is reused when the key completes again, or when newer records push it out of the bound, least
+//! recently used first.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use moka::Expiry;
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 
 use super::{Completed, StoreKey};
 
 /// The fixed cost of a completed record beyond its key's text and [`Completed::weight`]: the
-/// cache's own entry (its hash-table bucket, the shared key, the access-order and timer-wheel
-/// nodes), the entry's expiry and weight, the `Arc` around the record and the allocator's
-/// rounding. Measured with a counting allocator by the `memory` bench of this crate: a small
-/// completed record (a 20-byte key, one header, a 50-byte body) holds about 620 bytes of heap,
-/// of which about 415 are the cache's entry and the record around the payload; this constant
-/// charges that, and a margin for the table itself, so that the bound holds (a flood of unique
-/// keys ends below it).
+/// cache's own entry (its hash-table bucket, the shared key, the access-order node), the entry's
+/// expiry, the `Arc` around the record and the allocator's rounding. Measured with a counting
+/// allocator by the `memory` bench of this crate, which prints it beside the weight charged; this
+/// constant charges at least that, and a margin for the table itself, so that the bound holds (a
+/// flood of unique keys ends below it).
 const ENTRY_OVERHEAD: usize = 400;
 
 /// How keys are hashed by the cache. A [`StoreKey`] hashes as the one word it carries, computed
@@ -31,32 +34,16 @@ pub(super) type KeyHasher = foldhash::quality::RandomState;
 #[derive(Clone)]
 pub(super) struct CompletedCache {
     cache: Cache<StoreKey, Kept, KeyHasher>,
+    /// The instant expiry times are counted from.
+    epoch: Instant,
 }
 
-/// One record as the cache holds it: cloned out on every hit, so it is an `Arc` and two words.
+/// One record as the cache holds it: cloned out on every hit, so it is an `Arc` and a word.
 #[derive(Clone)]
 struct Kept {
     completed: Arc<Completed>,
-    expires_at: Instant,
-    weight: u32,
-}
-
-struct KeptExpiry;
-
-impl Expiry<StoreKey, Kept> for KeptExpiry {
-    fn expire_after_create(&self, _: &StoreKey, kept: &Kept, now: Instant) -> Option<Duration> {
-        Some(kept.expires_at.saturating_duration_since(now))
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &StoreKey,
-        kept: &Kept,
-        now: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(kept.expires_at.saturating_duration_since(now))
-    }
+    /// When the TTL runs out, in milliseconds after the cache's epoch.
+    expires_at: u64,
 }
 
 impl CompletedCache {
@@ -64,13 +51,15 @@ impl CompletedCache {
     pub(super) fn new(max_bytes: u64) -> Self {
         let cache = Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|_: &StoreKey, kept: &Kept| kept.weight)
-            .expire_after(KeptExpiry)
+            .weigher(|key: &StoreKey, kept: &Kept| weight(key, &kept.completed))
             // Retries come soon after the original: recency is the signal that matters. TinyLFU's
             // admission filter would turn away the newest record, the one most likely needed.
             .eviction_policy(EvictionPolicy::lru())
             .build_with_hasher(KeyHasher::default());
-        Self { cache }
+        Self {
+            cache,
+            epoch: Instant::now(),
+        }
     }
 
     /// Keeps `completed` under `key` until `now + ttl` (a TTL too large for the clock is kept as
@@ -82,39 +71,44 @@ impl CompletedCache {
         now: Instant,
         ttl: Duration,
     ) {
-        let bytes = ENTRY_OVERHEAD + key.key().as_str().len() + completed.weight();
-        let kept = Kept {
-            weight: u32::try_from(bytes).unwrap_or(u32::MAX),
-            completed,
-            expires_at: deadline(now, ttl),
-        };
-        self.cache.insert(key, kept);
+        let expires_at = self.millis(deadline(now, ttl));
+        self.cache.insert(
+            key,
+            Kept {
+                completed,
+                expires_at,
+            },
+        );
     }
 
-    /// The record of `key`, if there is one.
-    ///
-    /// Most looks at a key that is new find nothing (a first execution looks several times), and
-    /// a cache `get` that misses still records the miss for the cache's housekeeping, which it
-    /// then runs on the caller's time. `contains_key` records nothing, so a miss costs one probe
-    /// of the table; only a hit pays for a `get`, which marks the record as recently used.
+    /// The record of `key`, if there is one whose TTL is still running.
     pub(super) fn get(&self, key: &StoreKey) -> Option<Arc<Completed>> {
-        if !self.cache.contains_key(key) {
-            return None;
-        }
-        self.cache.get(key).map(|kept| kept.completed)
+        self.get_at(key, Instant::now())
     }
 
-    /// The record of `key`, if its TTL is still running at `now`. (The cache drops a record once
-    /// its TTL has run out and never returns it after; where no time has been read yet,
-    /// [`get`](Self::get) saves reading the clock again.)
+    /// The record of `key`, if there is one whose TTL is still running at `now`.
+    ///
+    /// Most looks at a key that is new find nothing, and a cache `get` that misses still records
+    /// the miss for the cache's housekeeping, which it then runs on the caller's time.
+    /// `contains_key` records nothing, so a miss costs one probe of the table; only a hit pays for
+    /// a `get`, which marks the record as recently used.
     pub(super) fn get_at(&self, key: &StoreKey, now: Instant) -> Option<Arc<Completed>> {
         if !self.cache.contains_key(key) {
             return None;
         }
+        let now = self.millis(now);
         self.cache
             .get(key)
             .filter(|kept| now < kept.expires_at)
             .map(|kept| kept.completed)
+    }
+
+    /// `at` in whole milliseconds after the epoch. Both the deadline and the time of a read are
+    /// rounded down, so a record is never answered after its TTL (it may be forgotten less than
+    /// a millisecond early).
+    fn millis(&self, at: Instant) -> u64 {
+        let after = at.saturating_duration_since(self.epoch);
+        u64::try_from(after.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// The total weight held, in bytes, once pending evictions have run.
@@ -136,4 +130,11 @@ pub(super) fn deadline(now: Instant, after: Duration) -> Instant {
     now.checked_add(after.min(CENTURY))
         .or_else(|| now.checked_add(CENTURY))
         .unwrap_or(now)
+}
+
+/// What a record weighs against the bound: its key's text, [`Completed::weight`] and the entry
+/// around them.
+fn weight(key: &StoreKey, completed: &Completed) -> u32 {
+    let bytes = ENTRY_OVERHEAD + key.key().as_str().len() + completed.weight();
+    u32::try_from(bytes).unwrap_or(u32::MAX)
 }

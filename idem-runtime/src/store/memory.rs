@@ -26,7 +26,9 @@ pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 ///   total passes [`max_bytes`](MemoryStoreBuilder::max_bytes) (default 64 MiB) the least recently
 ///   used records are evicted. An evicted completed record means a late retry runs the handler
 ///   again, so size the bound for your TTL and traffic, or use a shared store. A record expires
-///   after its TTL, counted from completion.
+///   after its TTL, counted from completion: it is never answered after it, and its memory is
+///   reused when its key completes again or newer records push it out. The store holds up to its
+///   bound, whatever the TTLs.
 /// - **In-flight claims in a table of their own**, split into shards with a mutex each. A claim
 ///   expires after its lease. Claims are not counted against `max_bytes`: there is one per request
 ///   whose handler is running, so their number is bounded by the service's concurrency. A claim
@@ -35,7 +37,8 @@ pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// - **Atomic per key.** Claim, completion and release each decide under the lock of the key's
 ///   shard, held only for that synchronous decision, never across an `.await`; a completion moves
 ///   the key from the claim table into the cache while holding it, so no claim can find the key in
-///   neither. A claim or lookup of a completed key is answered from the cache without the lock.
+///   neither. A lookup or [`peek`](IdempotencyStore::peek) of a completed key is answered from
+///   the cache without the lock.
 /// - **One process only.** Several instances of a service each have their own; a retry routed to
 ///   another instance runs the handler again. Use a shared store (Redis) there.
 ///
@@ -164,15 +167,15 @@ impl MemoryStore {
         self.max_bytes
     }
 
-    /// The total weight of the completed records held, in bytes, once pending evictions have run.
-    /// In-flight claims are not counted.
+    /// The total weight of the completed records held, in bytes, once pending evictions have run;
+    /// records past their TTL count until they are evicted. In-flight claims are not counted.
     #[must_use]
     pub fn weighted_size(&self) -> u64 {
         self.done.weighted_size()
     }
 
-    /// The number of completed records held, once pending evictions have run. In-flight claims are
-    /// not counted.
+    /// The number of completed records held, once pending evictions have run; records past their
+    /// TTL count until they are evicted. In-flight claims are not counted.
     #[must_use]
     pub fn entry_count(&self) -> u64 {
         self.done.entry_count()
@@ -297,11 +300,10 @@ impl ImmediateStore for MemoryStore {
         token: ClaimToken,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        // A completed key (every replay, 422) is answered without the lock: a record in the cache
-        // is final, whatever the claim table says.
-        if let Some(done) = self.done.get(key) {
-            return Ok(Claim::Existing(Record::Done(done)));
-        }
+        // One look at each table, under the shard's lock: a completion moves its key from the
+        // claim table into the cache under that lock, so none is missed between the two looks.
+        // (The cache is looked at second, since a live claim makes its answer moot; a completed
+        // key whose claim is gone is found there.)
         let now = Instant::now();
         let mut claims = self.claims.lock(key);
         if let Some(held) = claims.live(key, now)
@@ -311,8 +313,6 @@ impl ImmediateStore for MemoryStore {
                 fingerprint: held.fingerprint,
             }));
         }
-        // A completion may have moved the key into the cache since the first look; under the lock
-        // no other can.
         if let Some(done) = self.done.get_at(key, now) {
             return Ok(Claim::Existing(Record::Done(done)));
         }
