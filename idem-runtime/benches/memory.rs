@@ -188,7 +188,10 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        println!("memory held by MemoryStore, counted by the global allocator");
+        println!(
+            "memory held by MemoryStore, counted by the global allocator (a record is {} B before its buffer)",
+            std::mem::size_of::<Completed>()
+        );
         let only = std::env::var("IDEM_BENCH_MEMORY").unwrap_or_default();
         if benching {
             if only != "flood" {

@@ -150,14 +150,14 @@ proptest! {
 
         let (replay_status, replay_headers, replay_body) = block_on(read(replay_or_problem(&stored)));
         if body.len() <= cap {
-            prop_assert_eq!(stored.body(), &StoredBody::Kept(Bytes::from(body.clone())));
+            prop_assert_eq!(stored.body(), StoredBody::Kept(Bytes::from(body.clone())));
             prop_assert_eq!(replay_status, status);
             prop_assert_eq!(&replay_body[..], &body[..]);
             expected.insert(REPLAYED, HeaderValue::from_static("true"));
             prop_assert_eq!(replay_headers, expected);
         } else {
             // Too large to keep: never a truncated replay, but a problem that says what happened.
-            prop_assert_eq!(stored.body(), &StoredBody::Dropped { len: body.len() as u64 });
+            prop_assert_eq!(stored.body(), StoredBody::Dropped { len: body.len() as u64 });
             prop_assert_eq!(replay_status, StatusCode::GONE);
             prop_assert_eq!(&replay_headers["content-type"], "application/problem+json");
             let problem: serde_json::Value = serde_json::from_slice(&replay_body).unwrap();

@@ -1,9 +1,8 @@
 //! The binary form of a [`StoredResponse`], for stores that keep bytes.
 
-use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 
-use super::{HeaderBlock, StoredBody, StoredResponse};
+use super::StoredResponse;
 
 /// The most headers a record holds: what a header map holds, so that every record read back can
 /// be replayed.
@@ -36,23 +35,17 @@ impl StoredResponse {
         let mut out = Vec::with_capacity(self.heap_weight() + 16);
         out.push(FORMAT_VERSION);
         out.extend_from_slice(&self.status.as_u16().to_le_bytes());
-        out.extend_from_slice(&(self.headers.count as u32).to_le_bytes());
-        for (name, value) in self.headers.pairs() {
-            for part in [name, &value[..]] {
+        out.extend_from_slice(&self.header_count.to_le_bytes());
+        for (name, value) in self.pairs() {
+            for part in [name, value] {
                 out.extend_from_slice(&(part.len() as u32).to_le_bytes());
                 out.extend_from_slice(part);
             }
         }
-        match &self.body {
-            StoredBody::Kept(body) => {
-                out.push(0);
-                out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-                out.extend_from_slice(body);
-            }
-            StoredBody::Dropped { len } => {
-                out.push(1);
-                out.extend_from_slice(&len.to_le_bytes());
-            }
+        out.push(u8::from(!self.kept));
+        out.extend_from_slice(&self.body_len.to_le_bytes());
+        if self.kept {
+            out.extend_from_slice(&self.data[self.headers_len as usize..]);
         }
         out
     }
@@ -76,7 +69,7 @@ impl StoredResponse {
         if count > MAX_HEADERS {
             return Err(DecodeError::TooManyHeaders);
         }
-        let mut headers = HeaderBlock::builder(0);
+        let mut headers = Vec::new();
         for _ in 0..count {
             let len = u32::from_le_bytes(input.array()?) as usize;
             let name = input.take(len)?;
@@ -84,17 +77,16 @@ impl StoredResponse {
             let len = u32::from_le_bytes(input.array()?) as usize;
             let value = input.take(len)?;
             HeaderValue::from_bytes(value).map_err(|e| DecodeError::Header(e.to_string()))?;
-            headers.push(name, value);
+            headers.push((name, value));
         }
-        let headers = headers.finish();
         let kind = input.take(1)?[0];
         let len = u64::from_le_bytes(input.array()?);
         let body = match kind {
             0 => {
                 let len = usize::try_from(len).map_err(|_| DecodeError::Truncated)?;
-                StoredBody::Kept(Bytes::copy_from_slice(input.take(len)?))
+                Some(input.take(len)?)
             }
-            1 => StoredBody::Dropped { len },
+            1 => None,
             other => return Err(DecodeError::Kind("body", other)),
         };
         if version == FORMAT_VERSION_WITH_DIGEST {
@@ -109,11 +101,12 @@ impl StoredResponse {
         if !input.0.is_empty() {
             return Err(DecodeError::Trailing(input.0.len()));
         }
-        Ok(Self {
+        Ok(Self::assemble(
             status,
-            headers,
+            || headers.iter().copied(),
             body,
-        })
+            len,
+        ))
     }
 }
 

@@ -103,15 +103,23 @@ impl fmt::Debug for StoredBody {
 
 /// A response as kept for replay: status, replayable headers and body.
 ///
-/// The headers are held in one buffer, encoded, rather than in a header map: a completed record
-/// is then one allocation for the headers beside the body (which it shares with the response the
-/// first caller got), so that it costs little to keep and to evict, and weighs what it holds
-/// whichever way it was built.
+/// The headers and the kept body are held in one buffer of exactly their size, the headers
+/// encoded at its start: a completed record is then one allocation beside the record itself, so
+/// that it costs little to keep and to evict, weighs what it holds whichever way it was built, and
+/// keeps no spare capacity of the buffer the handler's body was written into.
 #[derive(Clone, PartialEq, Eq)]
 pub struct StoredResponse {
     status: StatusCode,
-    headers: HeaderBlock,
-    body: StoredBody,
+    /// Whether the body is kept (after the headers in `data`).
+    kept: bool,
+    /// How many headers the block at the start of `data` holds.
+    header_count: u32,
+    /// The length of that block in bytes.
+    headers_len: u32,
+    /// The body's length in bytes, kept or not.
+    body_len: u64,
+    /// The header block, then the body if it is kept.
+    data: Bytes,
 }
 
 impl fmt::Debug for StoredResponse {
@@ -119,7 +127,7 @@ impl fmt::Debug for StoredResponse {
         f.debug_struct("StoredResponse")
             .field("status", &self.status)
             .field("headers", &self.headers())
-            .field("body", &self.body)
+            .field("body", &self.body())
             .finish()
     }
 }
@@ -127,22 +135,71 @@ impl fmt::Debug for StoredResponse {
 impl StoredResponse {
     /// A stored response with a kept body. Headers that must not be replayed are dropped.
     #[must_use]
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "callers hold the body as `Bytes`; the record copies it into its own buffer"
+    )]
     pub fn new(status: StatusCode, headers: &HeaderMap, body: Bytes) -> Self {
-        Self::from_parts(status, headers, StoredBody::Kept(body))
+        Self::with_body(status, headers, Some(&body), body.len() as u64)
     }
 
     /// A stored response whose body of `len` bytes was not kept.
     #[must_use]
     pub fn without_body(status: StatusCode, headers: &HeaderMap, len: u64) -> Self {
-        Self::from_parts(status, headers, StoredBody::Dropped { len })
+        Self::with_body(status, headers, None, len)
     }
 
-    /// The record of a response with these parts, keeping only the replayable headers.
-    fn from_parts(status: StatusCode, headers: &HeaderMap, body: StoredBody) -> Self {
+    /// The record of a response with these parts, keeping only the replayable headers, and the
+    /// body when it is given.
+    fn with_body(status: StatusCode, headers: &HeaderMap, body: Option<&[u8]>, len: u64) -> Self {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .collect();
+        let kept = || {
+            headers
+                .iter()
+                .filter(|(name, _)| is_replayable(name) && !named.contains(name))
+                .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
+        };
+        Self::assemble(status, kept, body, len)
+    }
+
+    /// A record of `headers` (names and values valid, replayable) and `body`; `headers` is called
+    /// twice, to size the buffer and to fill it.
+    fn assemble<'a, I>(
+        status: StatusCode,
+        headers: impl Fn() -> I,
+        body: Option<&[u8]>,
+        body_len: u64,
+    ) -> Self
+    where
+        I: Iterator<Item = (&'a [u8], &'a [u8])>,
+    {
+        let headers_len: usize = headers()
+            .map(|(name, value)| 6 + name.len().min(usize::from(u16::MAX)) + value.len())
+            .sum();
+        let mut data = Vec::with_capacity(headers_len + body.map_or(0, <[u8]>::len));
+        let mut header_count = 0u32;
+        for (name, value) in headers() {
+            push_header(&mut data, name, value);
+            header_count += 1;
+        }
+        if let Some(body) = body {
+            data.extend_from_slice(body);
+        }
+        // The capacity is exactly the length: the buffer becomes the `Bytes` as it is.
+        debug_assert_eq!(data.len(), data.capacity());
         Self {
             status,
-            headers: HeaderBlock::replayable(headers),
-            body,
+            kept: body.is_some(),
+            header_count,
+            headers_len: u32::try_from(headers_len).unwrap_or(u32::MAX),
+            body_len,
+            data: Bytes::from(data),
         }
     }
 
@@ -155,13 +212,17 @@ impl StoredResponse {
     /// The headers that are replayed, as a new header map.
     #[must_use]
     pub fn headers(&self) -> HeaderMap {
-        self.headers.to_map(0)
+        self.to_map(0)
     }
 
     /// The body, or its length if it was not kept.
     #[must_use]
-    pub fn body(&self) -> &StoredBody {
-        &self.body
+    pub fn body(&self) -> StoredBody {
+        if self.kept {
+            StoredBody::Kept(self.data.slice(self.headers_len as usize..))
+        } else {
+            StoredBody::Dropped { len: self.body_len }
+        }
     }
 
     /// An estimate of the heap memory the response holds (its headers and body), in bytes: part
@@ -169,18 +230,53 @@ impl StoredResponse {
     /// ([`Completed::weight`](crate::store::Completed::weight)).
     #[must_use]
     pub fn heap_weight(&self) -> usize {
-        let body = match &self.body {
-            StoredBody::Kept(bytes) => bytes.len(),
-            StoredBody::Dropped { .. } => 0,
-        };
-        self.headers.bytes.len() + body
+        self.data.len()
     }
 
     /// Drops the headers that `policy` does not replay (the defaults are applied already).
     pub(crate) fn retain_headers(&mut self, policy: &ReplayHeaders) {
-        if !policy.is_default() {
-            self.headers = self.headers.filtered(|name| policy.replays(name));
+        if policy.is_default() {
+            return;
         }
+        let kept: Vec<(&[u8], &[u8])> = self
+            .pairs()
+            .filter(|(name, _)| {
+                HeaderName::from_bytes(name).is_ok_and(|name| policy.replays(&name))
+            })
+            .collect();
+        let body = self.kept.then(|| &self.data[self.headers_len as usize..]);
+        *self = Self::assemble(self.status, || kept.iter().copied(), body, self.body_len);
+    }
+
+    /// The name and value of every stored header, in order.
+    fn pairs(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        let block = &self.data[..self.headers_len as usize];
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            let name_len = usize::from(u16::from_le_bytes(block.get(at..at + 2)?.try_into().ok()?));
+            let name = block.get(at + 2..at + 2 + name_len)?;
+            at += 2 + name_len;
+            let value_len = u32::from_le_bytes(block.get(at..at + 4)?.try_into().ok()?) as usize;
+            let value = block.get(at + 4..at + 4 + value_len)?;
+            at += 4 + value_len;
+            Some((name, value))
+        })
+    }
+
+    /// A header map of the stored headers, with room for `spare` more. The values share the
+    /// record's buffer.
+    fn to_map(&self, spare: usize) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.header_count as usize + spare);
+        for (name, value) in self.pairs() {
+            // Both were valid header parts when the record was written.
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name),
+                HeaderValue::from_maybe_shared(self.data.slice_ref(value)),
+            ) {
+                map.append(name, value);
+            }
+        }
+        map
     }
 
     /// The replay: the stored status, headers and body, plus `Idempotent-Replayed: true`.
@@ -189,19 +285,17 @@ impl StoredResponse {
     ///
     /// [`NotKept`] when the body was too large to keep: the response cannot be replayed.
     pub fn replay(&self) -> Result<Response, NotKept> {
-        let body = match &self.body {
-            StoredBody::Kept(body) => body,
-            StoredBody::Dropped { len } => {
-                return Err(NotKept {
-                    status: self.status,
-                    len: *len,
-                });
-            }
-        };
+        if !self.kept {
+            return Err(NotKept {
+                status: self.status,
+                len: self.body_len,
+            });
+        }
         // Sized for the stored headers and the replay mark at once.
-        let mut headers = self.headers.to_map(1);
+        let mut headers = self.to_map(1);
         headers.insert(REPLAYED, HeaderValue::from_static("true"));
-        let mut response = Response::new(Body::from(body.clone()));
+        let body = self.data.slice(self.headers_len as usize..);
+        let mut response = Response::new(Body::from(body));
         *response.status_mut() = self.status;
         *response.headers_mut() = headers;
         Ok(response)
@@ -217,122 +311,15 @@ pub struct NotKept {
     pub len: u64,
 }
 
-/// Replayable headers in one buffer: per header, the name's length (`u16`, little-endian), the
-/// name, the value's length (`u32`), the value. Every name and value in it was valid when it was
-/// written, so reading it back cannot fail.
-#[derive(Clone, PartialEq, Eq)]
-struct HeaderBlock {
-    bytes: Bytes,
-    count: usize,
-}
-
-impl HeaderBlock {
-    /// The headers of `headers` that are replayed: neither refused by [`is_replayable`] nor named
-    /// by the response's own `Connection` header.
-    fn replayable(headers: &HeaderMap) -> Self {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-            .collect();
-        let kept = || {
-            headers
-                .iter()
-                .filter(|(name, _)| is_replayable(name) && !named.contains(name))
-        };
-        let len = kept()
-            .map(|(name, value)| 6 + name.as_str().len() + value.len())
-            .sum();
-        let mut block = Self::builder(len);
-        for (name, value) in kept() {
-            block.push(name.as_str().as_bytes(), value.as_bytes());
-        }
-        block.finish()
-    }
-
-    fn builder(len: usize) -> HeaderBlockBuilder {
-        HeaderBlockBuilder {
-            bytes: Vec::with_capacity(len),
-            count: 0,
-        }
-    }
-
-    /// The name and value of every header, in order.
-    fn pairs(&self) -> impl Iterator<Item = (&[u8], Bytes)> + '_ {
-        let mut at = 0;
-        std::iter::from_fn(move || {
-            let bytes = &self.bytes;
-            let name_len = usize::from(u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?));
-            let name = &bytes[at + 2..at + 2 + name_len];
-            at += 2 + name_len;
-            let value_len = u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?) as usize;
-            let value = bytes.slice(at + 4..at + 4 + value_len);
-            at += 4 + value_len;
-            Some((name, value))
-        })
-    }
-
-    /// The headers whose name passes `keep`, in order.
-    fn filtered(&self, keep: impl Fn(&HeaderName) -> bool) -> Self {
-        let kept: Vec<(&[u8], Bytes)> = self
-            .pairs()
-            .filter(|(name, _)| HeaderName::from_bytes(name).is_ok_and(|name| keep(&name)))
-            .collect();
-        let len = kept
-            .iter()
-            .map(|(name, value)| 6 + name.len() + value.len())
-            .sum();
-        let mut block = Self::builder(len);
-        for (name, value) in kept {
-            block.push(name, &value);
-        }
-        block.finish()
-    }
-
-    /// A header map of these headers, with room for `spare` more.
-    fn to_map(&self, spare: usize) -> HeaderMap {
-        let mut map = HeaderMap::with_capacity(self.count + spare);
-        for (name, value) in self.pairs() {
-            // Both were valid header parts when the block was written.
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(name),
-                HeaderValue::from_maybe_shared(value),
-            ) {
-                map.append(name, value);
-            }
-        }
-        map
-    }
-}
-
-/// Writes a [`HeaderBlock`].
-struct HeaderBlockBuilder {
-    bytes: Vec<u8>,
-    count: usize,
-}
-
-impl HeaderBlockBuilder {
-    /// Appends a header whose name and value are valid (a header name is at most 64 KiB long).
-    fn push(&mut self, name: &[u8], value: &[u8]) {
-        let name_len = u16::try_from(name.len()).unwrap_or(u16::MAX);
-        self.bytes.extend_from_slice(&name_len.to_le_bytes());
-        self.bytes.extend_from_slice(&name[..usize::from(name_len)]);
-        self.bytes
-            .extend_from_slice(&(value.len() as u32).to_le_bytes());
-        self.bytes.extend_from_slice(value);
-        self.count += 1;
-    }
-
-    /// The block, holding no spare capacity: a record weighs what it holds.
-    fn finish(mut self) -> HeaderBlock {
-        self.bytes.shrink_to_fit();
-        HeaderBlock {
-            bytes: Bytes::from(self.bytes),
-            count: self.count,
-        }
-    }
+/// Appends a header to a header block: the name's length (`u16`, little-endian), the name, the
+/// value's length (`u32`), the value. The name and value are valid (a header name is at most
+/// 64 KiB long), so reading the block back cannot fail.
+fn push_header(block: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    let name_len = u16::try_from(name.len()).unwrap_or(u16::MAX);
+    block.extend_from_slice(&name_len.to_le_bytes());
+    block.extend_from_slice(&name[..usize::from(name_len)]);
+    block.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    block.extend_from_slice(value);
 }
 
 /// Reads the handler's whole response: returns it for the first caller, and the record to store,
@@ -347,13 +334,7 @@ pub async fn capture(
 ) -> Result<(Response, StoredResponse), axum::Error> {
     let (parts, body) = response.into_parts();
     let bytes = body.collect().await?.to_bytes();
-    let body = if bytes.len() <= max_body_bytes {
-        StoredBody::Kept(bytes.clone())
-    } else {
-        StoredBody::Dropped {
-            len: bytes.len() as u64,
-        }
-    };
-    let stored = StoredResponse::from_parts(parts.status, &parts.headers, body);
+    let kept = (bytes.len() <= max_body_bytes).then_some(&bytes[..]);
+    let stored = StoredResponse::with_body(parts.status, &parts.headers, kept, bytes.len() as u64);
     Ok((Response::from_parts(parts, Body::from(bytes)), stored))
 }
