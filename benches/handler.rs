@@ -2,22 +2,30 @@
 //!
 //! The same trivial JSON handler is mounted twice: as a plain axum handler, and with idempotency.
 //! Each request goes through `Router` with `tower::ServiceExt::oneshot` and its response body is
-//! read to the end. Four ways through:
+//! read to the end. The ways through:
 //!
 //! - `plain`: the plain handler, on a router without any idempotency;
-//! - `first`: the idempotent handler with a fresh key every request (claim, run, capture, store);
+//! - `first`: the idempotent handler with a fresh key every request (claim, run, capture, store),
+//!   on a store of the default 64 MiB filled to its bound before the run, so that every first
+//!   execution evicts a record, as in a service that has run for a while;
+//! - `roomy`: the same on a store of 4 GiB that the run never fills;
 //! - `replay`: the idempotent handler with the same key every request (the stored answer);
-//! - `no_key`: the idempotent handler without a key (it just runs).
+//! - `no_key`: the idempotent handler without a key (it just runs);
+//! - `store`: no request, only what a first execution asks of the full store: a claim and a
+//!   completion of a fresh key, with a record like the handler's;
+//! - `moka`: no store either, only moka's own insertion of such a record into a bare moka cache
+//!   configured as the store's (LRU, weighed as the store weighs) and filled to the same bound.
+//!
+//! The last two split what `first` adds to `plain` into moka's insertion at the bound, the rest of
+//! the store, and the rest of the layer.
 //!
 //! Request bodies of 100 B, 10 KiB and 1 MiB. After criterion's own report, the bench measures
-//! the four side by side — interleaved rounds, so that a noisy neighbour slows all of them alike —
+//! the ways side by side — interleaved rounds, so that a noisy neighbour slows all of them alike —
 //! and prints each one's time and CPU time as a ratio of `plain`'s (see `BENCHMARKS.md`).
 //!
 //! `cargo bench --bench handler`. Environment: `IDEM_BENCH_RATIOS_ONLY=1` skips criterion's part,
-//! `IDEM_BENCH_BODIES=100B,10KiB` limits the side-by-side part to those bodies,
-//! `IDEM_BENCH_PROFILE=first/100B` runs one way alone for five seconds, for a profiler, and
-//! `IDEM_BENCH_STORE_MIB=2048` bounds the store at that many MiB instead of the default 64 (a
-//! bound the run never reaches measures first executions that evict nothing).
+//! `IDEM_BENCH_BODIES=100B,10KiB` limits the side-by-side part to those bodies, and
+//! `IDEM_BENCH_PROFILE=first/100B` runs one way alone for five seconds, for a profiler.
 
 // A benchmark's report is its output.
 #![allow(clippy::print_stdout, missing_docs)]
@@ -35,10 +43,13 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use http::{HeaderValue, Request, StatusCode};
 use http_body_util::BodyExt;
 use idem::config::Idempotency;
-use idem::store::MemoryStore;
+use idem::store::{ClaimToken, Completed, IdempotencyStore, MemoryStore, StoreKey};
+use moka::policy::EvictionPolicy;
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Runtime;
 use tower::ServiceExt;
+
+mod support;
 
 /// A charge with line items: the request body, grown to the size under test.
 #[derive(Serialize, Deserialize)]
@@ -116,50 +127,108 @@ async fn idempotent_charge(body: Json<NewCharge>) -> Json<Receipt> {
 enum Way {
     Plain,
     First,
+    Roomy,
     Replay,
     NoKey,
+    Store,
+    Moka,
 }
 
 impl Way {
-    const ALL: [Way; 4] = [Way::Plain, Way::First, Way::Replay, Way::NoKey];
+    const ALL: [Way; 7] = [
+        Way::Plain,
+        Way::First,
+        Way::Roomy,
+        Way::Replay,
+        Way::NoKey,
+        Way::Store,
+        Way::Moka,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Way::Plain => "plain",
             Way::First => "first",
+            Way::Roomy => "roomy",
             Way::Replay => "replay",
             Way::NoKey => "no_key",
+            Way::Store => "store",
+            Way::Moka => "moka",
         }
     }
 }
 
-/// Everything one body size needs: both routers and the body.
+/// A bare moka cache configured as the store's: what the store's records cost moka alone.
+type BareCache = moka::sync::Cache<StoreKey, (Arc<Completed>, u64), foldhash::quality::RandomState>;
+
+/// Everything one body size needs: the routers, the full store, the bare cache and the body.
 #[derive(Clone)]
 struct Bench {
     plain: Router,
     idempotent: Router,
+    roomy: Router,
+    store: MemoryStore,
+    bare: BareCache,
+    /// The record the handler stores, for the `store` and `moka` ways.
+    record: Arc<Completed>,
     body: Bytes,
     next_key: Arc<AtomicU64>,
 }
 
 impl Bench {
     fn new(size: usize) -> Self {
-        let mut idempotency = Idempotency::builder();
-        if let Some(mib) = std::env::var("IDEM_BENCH_STORE_MIB")
-            .ok()
-            .and_then(|mib| mib.parse::<u64>().ok())
-        {
-            idempotency = idempotency.store(MemoryStore::builder().max_bytes(mib << 20).build());
+        let layer = |store: MemoryStore| {
+            Extension(
+                Idempotency::builder()
+                    .store(store)
+                    .build()
+                    .expect("defaults are valid"),
+            )
+        };
+        let body = body(size);
+        // The handler's answer to this body, as the store keeps it.
+        let request: NewCharge = serde_json::from_slice(&body).expect("valid");
+        let receipt = serde_json::to_vec(&Receipt {
+            id: "ch_1",
+            amount: request.amount,
+            items: request.items.len(),
+        })
+        .expect("serializable");
+        let receipt: &'static [u8] = Box::leak(receipt.into_boxed_slice());
+        let store = MemoryStore::default();
+        let n = support::prefill(&store, StatusCode::OK, receipt);
+        // The bare cache weighs each record as the store does, and holds as many.
+        let weight = u32::try_from(store.weighted_size() / store.entry_count()).expect("small");
+        let bare: BareCache = moka::sync::Cache::builder()
+            .max_capacity(store.max_bytes())
+            .weigher(move |_, _| weight)
+            .eviction_policy(EvictionPolicy::lru())
+            .build_with_hasher(foldhash::quality::RandomState::default());
+        for i in 0..n {
+            bare.insert(
+                support::prefill_key(i),
+                (support::record(StatusCode::OK, receipt), 0),
+            );
         }
-        let idempotency = idempotency.build().expect("defaults are valid");
+        bare.run_pending_tasks();
         Self {
             plain: Router::new().route("/charges", post(charge)),
             idempotent: Router::new()
                 .route("/charges", post(idempotent_charge))
-                .layer(Extension(idempotency)),
-            body: body(size),
-            next_key: Arc::new(AtomicU64::new(0)),
+                .layer(layer(store.clone())),
+            roomy: Router::new()
+                .route("/charges", post(idempotent_charge))
+                .layer(layer(MemoryStore::builder().max_bytes(4 << 30).build())),
+            store,
+            bare,
+            record: support::record(StatusCode::OK, receipt),
+            body,
+            next_key: Arc::new(AtomicU64::new(1 << 40)),
         }
+    }
+
+    fn fresh_key(&self) -> u64 {
+        self.next_key.fetch_add(1, Ordering::Relaxed)
     }
 
     fn request(&self, key: Option<HeaderValue>) -> Request<Body> {
@@ -179,11 +248,16 @@ impl Bench {
             Way::Plain => (&self.plain, None),
             Way::NoKey => (&self.idempotent, None),
             Way::Replay => (&self.idempotent, Some(HeaderValue::from_static("replayed"))),
-            Way::First => {
-                let n = self.next_key.fetch_add(1, Ordering::Relaxed);
-                let key = HeaderValue::from_str(&format!("key-{n}")).expect("ascii");
-                (&self.idempotent, Some(key))
+            Way::First | Way::Roomy => {
+                let key = HeaderValue::from_str(&format!("key-{}", self.fresh_key()));
+                let router = if way == Way::First {
+                    &self.idempotent
+                } else {
+                    &self.roomy
+                };
+                (router, Some(key.expect("ascii")))
             }
+            Way::Store | Way::Moka => unreachable!("no request"),
         };
         let response = router
             .clone()
@@ -202,15 +276,53 @@ impl Bench {
         (status, replayed)
     }
 
-    /// `iters` requests the given way inside a task of the runtime (as a server would run them);
-    /// the wall time they took.
+    /// What a first execution asks of the full store: a claim and a completion of a fresh key,
+    /// with a record of its own like the handler's.
+    fn store_once(&self) {
+        let now = self.store.immediate().expect("answers at once");
+        let key = support::prefill_key(self.fresh_key());
+        let token = ClaimToken::random();
+        let lease = Duration::from_secs(15);
+        let claim = now.claim_now(&key, &self.record.fingerprint, token, lease);
+        black_box(claim.expect("claim"));
+        let completed = self.copy_of_record();
+        let done = now.complete_now(&key, token, completed, Duration::from_secs(86_400));
+        black_box(done.expect("complete"));
+    }
+
+    /// Moka's own insertion of a record like the handler's into the bare cache, at its bound.
+    fn moka_once(&self) {
+        let key = support::prefill_key(self.fresh_key());
+        self.bare.insert(key, (self.copy_of_record(), u64::MAX));
+    }
+
+    /// A record with a response buffer of its own, as every request stores.
+    fn copy_of_record(&self) -> Arc<Completed> {
+        let mut completed = Completed::clone(&self.record);
+        let response = &self.record.response;
+        let idem::replay::StoredBody::Kept(body) = response.body() else {
+            unreachable!("kept")
+        };
+        completed.response =
+            idem::replay::StoredResponse::new(response.status(), &response.headers(), body);
+        Arc::new(completed)
+    }
+
+    /// `iters` of the given way inside a task of the runtime (as a server would run them); the
+    /// wall time they took.
     fn run(&self, runtime: &Runtime, way: Way, iters: u64) -> Duration {
         let bench = self.clone();
         runtime
             .block_on(runtime.spawn(async move {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    black_box(bench.once(way).await);
+                    match way {
+                        Way::Store => bench.store_once(),
+                        Way::Moka => bench.moka_once(),
+                        _ => {
+                            black_box(bench.once(way).await);
+                        }
+                    }
                 }
                 start.elapsed()
             }))
@@ -234,6 +346,7 @@ fn check(runtime: &Runtime, bench: &Bench) {
         assert_eq!(bench.once(Way::Plain).await, (StatusCode::OK, false));
         assert_eq!(bench.once(Way::NoKey).await, (StatusCode::OK, false));
         assert_eq!(bench.once(Way::First).await, (StatusCode::OK, false));
+        assert_eq!(bench.once(Way::Roomy).await, (StatusCode::OK, false));
         // The first replay request stores the answer; every later one is a replay.
         bench.once(Way::Replay).await;
         assert_eq!(bench.once(Way::Replay).await, (StatusCode::OK, true));
@@ -347,6 +460,24 @@ fn side_by_side(runtime: &Runtime, quick: bool) {
                 },
             );
         }
+        let at = |way: Way| {
+            let w = Way::ALL.iter().position(|&w| w == way).expect("a way");
+            median(&times[w]) * 1e6
+        };
+        let (plain, first, store, moka) = (
+            at(Way::Plain),
+            at(Way::First),
+            at(Way::Store),
+            at(Way::Moka),
+        );
+        println!(
+            "{label:<6} first at the bound adds {:.2}µs to plain: the store's claim and completion \
+             {store:.2}µs, of which moka's insertion {moka:.2}µs; the rest of the layer {:.2}µs. \
+             Without moka's insertion, first would be {:.2}x plain.",
+            first - plain,
+            first - plain - store,
+            (first - moka) / plain,
+        );
     }
 }
 
@@ -359,7 +490,7 @@ fn profile(runtime: &Runtime, what: &str) {
     let way = *Way::ALL
         .iter()
         .find(|w| w.name() == way)
-        .expect("a way: plain, first, replay or no_key");
+        .expect("a way: plain, first, roomy, replay, no_key, store or moka");
     let (size, _) = *SIZES
         .iter()
         .find(|(_, l)| *l == label)
@@ -373,6 +504,8 @@ fn profile(runtime: &Runtime, what: &str) {
         requests += 1000;
     }
     println!("{requests} requests {what}");
+    // Not dropped: a full store's teardown would show in the profile.
+    std::mem::forget(bench);
 }
 
 fn main() {

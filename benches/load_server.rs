@@ -16,19 +16,16 @@
 // A server's report is its output.
 #![allow(clippy::print_stdout, missing_docs)]
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Extension, Json, Router};
-use idem::fingerprint::Fingerprint;
-use idem::key::IdempotencyKey;
-use idem::replay::StoredResponse;
-use idem::scope::Scope;
-use idem::store::{ClaimToken, Completed, IdempotencyStore, MemoryStore, StoreKey};
+use idem::store::MemoryStore;
 use idem::{Idempotency, idempotent};
 use serde::{Deserialize, Serialize};
 
@@ -76,50 +73,6 @@ async fn idempotent_charge(
     ledger.charge(charge)
 }
 
-/// Completes records under keys no request sends until the store holds `bytes` of them: the
-/// size of the load's own records, so that the bound is reached as the load would reach it.
-async fn prefill(store: &MemoryStore, bytes: u64) {
-    let fingerprint = Fingerprint::from_bytes([0x42; 32]);
-    let mut headers = http::HeaderMap::new();
-    headers.insert("content-type", "application/json".parse().expect("valid"));
-    let body = r#"{"id":"ch_1000000","amount":1999,"currency":"eur"}"#;
-    let lease = Duration::from_secs(60);
-    let ttl = Duration::from_secs(24 * 3600);
-    let mut n = 0u64;
-    while store.weighted_size() < bytes * 99 / 100 {
-        for _ in 0..10_000 {
-            n += 1;
-            let name = format!("prefill-{n}");
-            let key = StoreKey::new(
-                Scope::ANONYMOUS,
-                IdempotencyKey::parse(name.as_bytes(), 255).expect("valid key"),
-            );
-            let token = ClaimToken::random();
-            store
-                .claim(&key, &fingerprint, token, lease)
-                .await
-                .expect("claim");
-            let completed = Completed {
-                fingerprint,
-                request_digest: None,
-                response: StoredResponse::new(
-                    StatusCode::CREATED,
-                    &headers.clone(),
-                    body.as_bytes().into(),
-                ),
-            };
-            store
-                .complete(&key, token, Arc::new(completed), ttl)
-                .await
-                .expect("complete");
-        }
-    }
-    println!(
-        "prefilled {n} records, {} bytes of {bytes}",
-        store.weighted_size()
-    );
-}
-
 fn main() {
     let addr = std::env::var("LOAD_ADDR").unwrap_or_else(|_| "127.0.0.1:3917".to_owned());
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -129,7 +82,16 @@ fn main() {
         .expect("runtime");
     runtime.block_on(async move {
         let full = MemoryStore::default();
-        prefill(&full, full.max_bytes()).await;
+        let n = support::prefill(
+            &full,
+            StatusCode::CREATED,
+            br#"{"id":"ch_1000000","amount":1999,"currency":"eur"}"#,
+        );
+        println!(
+            "prefilled {n} records, {} bytes of {}",
+            full.weighted_size(),
+            full.max_bytes()
+        );
         let roomy = MemoryStore::builder().max_bytes(4 << 30).build();
         let layer = |store: MemoryStore| {
             Extension(
