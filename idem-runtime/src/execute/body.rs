@@ -9,7 +9,8 @@ use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
+use futures_util::FutureExt as _;
+use futures_util::future::{BoxFuture, Either};
 use http::request::Parts;
 use http_body_util::BodyExt;
 
@@ -63,35 +64,57 @@ where
 {
     type Rejection = Response;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
+    fn from_request(
+        request: Request,
+        state: &S,
+    ) -> impl Future<Output = Result<Self, Response>> + Send {
+        // Two futures made here rather than one `async fn`, so that the extractor's future is not
+        // held beside the request it consumes.
         if request.extensions().get::<BufferBody>().is_none() {
-            return match T::from_request(request, state).await {
-                Ok(value) => Ok(Self(LastState::Extracted(value))),
-                Err(rejection) => Err(rejection.into_response()),
-            };
+            return Either::Left(T::from_request(request, state).map(extracted));
         }
-        let (parts, body) = request.with_limited_body().into_parts();
-        let body = body
-            .collect()
-            .await
-            .map(http_body_util::Collected::to_bytes)
-            .map_err(innermost);
-        let state = state.clone();
-        let extract = Box::new(
-            move |request: Request| -> BoxFuture<'static, Result<T, Response>> {
-                Box::pin(async move {
-                    T::from_request(request, &state)
-                        .await
-                        .map_err(IntoResponse::into_response)
-                })
-            },
-        );
-        Ok(Self(LastState::Buffered {
-            parts,
-            body,
-            extract,
-        }))
+        Either::Right(read_first(request, state.clone()))
     }
+}
+
+/// A [`Last`] of a value extracted as usual, or the extractor's rejection.
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the request's answer, moved once; boxing it would cost an allocation"
+)]
+fn extracted<T, E: IntoResponse>(extracted: Result<T, E>) -> Result<Last<T>, Response> {
+    match extracted {
+        Ok(value) => Ok(Last(LastState::Extracted(value))),
+        Err(rejection) => Err(rejection.into_response()),
+    }
+}
+
+/// A [`Last`] whose body is read into memory before `T` is extracted from it.
+async fn read_first<S, T>(request: Request, state: S) -> Result<Last<T>, Response>
+where
+    S: Send + Sync + 'static,
+    T: FromRequest<S> + Send + 'static,
+{
+    let (parts, body) = request.with_limited_body().into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(http_body_util::Collected::to_bytes)
+        .map_err(innermost);
+    let extract = Box::new(
+        move |request: Request| -> BoxFuture<'static, Result<T, Response>> {
+            Box::pin(async move {
+                T::from_request(request, &state)
+                    .await
+                    .map_err(IntoResponse::into_response)
+            })
+        },
+    );
+    Ok(Last(LastState::Buffered {
+        parts,
+        body,
+        extract,
+    }))
 }
 
 impl<S, T> FromRequestParts<S> for Last<T>
@@ -108,22 +131,40 @@ where
     }
 }
 
-/// Extracts the value inside `last`, or answers a byte-identical retry of a completed request with
-/// its replay (`Err`) when `request` is exact so far and `T` is too. The value is not yet fed to
-/// the fingerprint.
-pub(super) async fn extract<T: FingerprintInput>(
-    request: Option<&mut Prepared>,
+/// Extracts the value inside `last` and feeds it to `request`'s fingerprint, or answers a
+/// byte-identical retry of a completed request with its replay (`Err`) when `request` is exact
+/// so far and `T` is too.
+///
+/// The future is made here rather than by an `async fn`, so that it does not hold `last` beside
+/// the future that consumes it.
+pub(super) fn extract<'a, T: FingerprintInput + 'a>(
+    request: Option<&'a mut Prepared>,
     last: Last<T>,
-) -> Result<T, Response> {
-    let (parts, body, extract) = match last.0 {
-        LastState::Extracted(value) => return Ok(value),
+) -> impl Future<Output = Result<T, Response>> + 'a {
+    match last.0 {
+        LastState::Extracted(value) => {
+            if let Some(request) = request {
+                request.input(&value);
+            }
+            Either::Left(std::future::ready(Ok(value)))
+        }
         LastState::Buffered {
             parts,
             body,
             extract,
-        } => (parts, body, extract),
-    };
-    if let Some(request) = request
+        } => Either::Right(buffered(request, parts, body, extract)),
+    }
+}
+
+/// The value of a `Last` whose body was read first, fed to the fingerprint: the replay of a
+/// byte-identical retry, or the extractor's answer.
+async fn buffered<T: FingerprintInput>(
+    mut request: Option<&mut Prepared>,
+    parts: Parts,
+    body: Result<Bytes, axum::BoxError>,
+    extract: Box<dyn FnOnce(Request) -> BoxFuture<'static, Result<T, Response>> + Send>,
+) -> Result<T, Response> {
+    if let Some(request) = request.as_deref_mut()
         && request.exact
         && T::FROM_REQUEST_BYTES
         && let Ok(body) = &body
@@ -156,7 +197,11 @@ pub(super) async fn extract<T: FingerprintInput>(
         // The extractor reads the failure in place of the body, and rejects it as its own.
         Err(error) => Body::new(Failed(Some(error))),
     };
-    extract(Request::from_parts(parts, body)).await
+    let value = extract(Request::from_parts(parts, body)).await?;
+    if let Some(request) = request {
+        request.input(&value);
+    }
+    Ok(value)
 }
 
 /// The error inside the layers of `axum::Error` that bodies wrap around it, so that an extractor

@@ -5,6 +5,7 @@ use std::marker::PhantomData;
 
 use axum::extract::FromRequestParts;
 use axum::response::{IntoResponse, Response};
+use futures_util::future::Either;
 use http::request::Parts;
 
 use super::body::{self, BufferBody, Last};
@@ -77,8 +78,7 @@ impl<O> Context<O> {
     /// Adds the handler's next argument to the request's fingerprint.
     pub fn input<T: FingerprintInput + ?Sized>(&mut self, input: &T) {
         if let Some(request) = &mut self.request {
-            request.exact &= T::FROM_REQUEST_BYTES;
-            request.fingerprint.input(input);
+            request.input(input);
         }
     }
 
@@ -94,10 +94,11 @@ impl<O> Context<O> {
     /// # Errors
     ///
     /// The response to send instead of running the handler: the replay, or the rejection.
-    pub async fn body<T: FingerprintInput>(&mut self, last: Last<T>) -> Result<T, Response> {
-        let value = body::extract(self.request.as_deref_mut(), last).await?;
-        self.input(&value);
-        Ok(value)
+    pub fn body<'a, T: FingerprintInput + 'a>(
+        &'a mut self,
+        last: Last<T>,
+    ) -> impl Future<Output = Result<T, Response>> + 'a {
+        body::extract(self.request.as_deref_mut(), last)
     }
 
     /// Runs the handler's future under the idempotency rules and answers.
@@ -105,16 +106,23 @@ impl<O> Context<O> {
     /// Without a key the future simply runs. With one, the claim decides whether it runs at all;
     /// if it does, it runs to its end even if the client goes away, and its response is stored
     /// and answered.
-    pub async fn run<F>(self, handler: F) -> Response
+    pub fn run<F>(self, handler: F) -> impl Future<Output = Response> + Send + 'static
     where
         F: Future + Send + 'static,
         F::Output: IntoResponse,
     {
-        match self.request {
-            None => self.transaction.run_keyless(handler).await,
+        // The futures are made here, not in an `async` block: what is returned is the one that
+        // runs, without a second copy of the handler's future beside it.
+        let Context {
+            request,
+            transaction,
+            ..
+        } = self;
+        match request {
+            None => Either::Left(transaction.run_keyless(handler)),
             Some(request) => {
                 let produce = produce(handler, request.settings.max_body_bytes);
-                request.run(produce, self.transaction).await
+                Either::Right(request.run(produce, transaction))
             }
         }
     }

@@ -78,7 +78,7 @@ impl Prepared {
         clippy::result_large_err,
         reason = "the error is the request's answer, moved once; boxing it would cost an allocation"
     )]
-    fn claim_here(self: Box<Self>) -> Result<Execution, Response> {
+    fn claim_here(self: Box<Self>) -> Result<Box<Execution>, Response> {
         let execution = self.begin()?;
         let claimed = claim_here(&execution);
         let (settings, route) = (&execution.settings, &execution.route);
@@ -112,7 +112,7 @@ impl Prepared {
             fingerprint,
             token,
             ..
-        } = &execution;
+        } = &*execution;
         match decide(&**store, settings, route, key, fingerprint, *token).await {
             Decision::Answer(response) => response,
             Decision::Failed(response) => {
@@ -129,7 +129,7 @@ impl Prepared {
         clippy::result_large_err,
         reason = "the error is the request's answer, moved once; boxing it would cost an allocation"
     )]
-    fn begin(self: Box<Self>) -> Result<Execution, Response> {
+    fn begin(self: Box<Self>) -> Result<Box<Execution>, Response> {
         let Prepared {
             config,
             settings,
@@ -147,7 +147,7 @@ impl Prepared {
                 return Err(settings.errors.render(&Problem::fingerprint_failed(&error)));
             }
         };
-        Ok(Execution {
+        Ok(Box::new(Execution {
             store: Arc::clone(config.store()),
             settings,
             key,
@@ -156,7 +156,7 @@ impl Prepared {
             token: ClaimToken::random(),
             route,
             transaction: Default::default(),
-        })
+        }))
     }
 }
 

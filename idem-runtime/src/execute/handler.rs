@@ -62,7 +62,7 @@ impl Execution {
     /// handler's response, or `500` when it panicked or its body failed (the key is then
     /// released). A handler that takes a `Transaction` runs in the claim's; if it does not
     /// commit, the answer is `503`.
-    pub(super) async fn run(mut self, produce: Produce, transaction: Offer) -> Response {
+    pub(super) async fn run(mut self: Box<Self>, produce: Produce, transaction: Offer) -> Response {
         self.transaction = match transaction.lend(&self.key, self.token).await {
             Ok(lent) => lent,
             Err(response) => {
@@ -80,7 +80,7 @@ impl Execution {
     /// the execution, into a task of its own that finishes it whatever becomes of the request.
     ///
     /// [`IdempotencyStore::immediate`]: crate::store::IdempotencyStore::immediate
-    pub(super) async fn run_here(self, mut produce: Produce) -> Response {
+    pub(super) async fn run_here(self: Box<Self>, mut produce: Produce) -> Response {
         let errors = self.settings.errors.clone();
         let route = self.route.clone();
         match poll_fn(|cx| Poll::Ready(produce.as_mut().poll(cx))).await {
@@ -104,7 +104,7 @@ impl Execution {
 
     /// Polls the handler to its end while renewing the claim, then records the outcome and
     /// answers.
-    async fn drive(self, mut produce: Produce) -> Response {
+    async fn drive(self: Box<Self>, mut produce: Produce) -> Response {
         let (produced, stopped) = {
             // The handler first: one that finishes without waiting never starts the renewal timer.
             let mut renewals = pin!(self.renew());

@@ -6,7 +6,7 @@ use http::request::Parts;
 
 use crate::config::handler::HandlerOptions;
 use crate::config::{Idempotency, Settings};
-use crate::fingerprint::{Fingerprinter, RequestDigest};
+use crate::fingerprint::{FingerprintInput, Fingerprinter, RequestDigest};
 use crate::key::{IdempotencyKey, KeyError};
 use crate::metrics::Route;
 use crate::problem::{Problem, Renderer};
@@ -25,6 +25,14 @@ pub(super) struct Prepared {
     pub(super) digest: Option<RequestDigest>,
     /// The route, for metrics.
     pub(super) route: Route,
+}
+
+impl Prepared {
+    /// Adds one of the handler's inputs to the fingerprint.
+    pub(super) fn input<T: FingerprintInput + ?Sized>(&mut self, input: &T) {
+        self.exact &= T::FROM_REQUEST_BYTES;
+        self.fingerprint.input(input);
+    }
 }
 
 /// Reads what the request needs before its handler's extractors run; `None` when idempotency does

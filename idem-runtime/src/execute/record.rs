@@ -14,6 +14,8 @@ use crate::metrics::Route;
 use crate::store::{ClaimToken, Completed, Completion, IdempotencyStore, StoreError, StoreKey};
 
 /// A claimed request: its handler runs ([`super::handler`]) and its outcome is recorded here.
+///
+/// It is always boxed, so that the futures that own it on its way stay small.
 pub(super) struct Execution {
     pub(super) store: Arc<dyn IdempotencyStore>,
     pub(super) settings: Settings,
@@ -54,7 +56,7 @@ impl Execution {
     /// In the transactional mode the outcome is written in the handler's transaction, before the
     /// answer, and nothing is retried: `false` when a completion did not commit (none of the
     /// request's work was kept, and the key is free); the answer must then say so.
-    pub(super) async fn record(mut self, outcome: Outcome) -> bool {
+    pub(super) async fn record(mut self: Box<Self>, outcome: Outcome) -> bool {
         if self.transaction.is_lent() {
             let lent = std::mem::take(&mut self.transaction);
             return lent
@@ -70,7 +72,7 @@ impl Execution {
     /// [`record`](Self::record), with a store that answers at once
     /// ([`immediate`](crate::store::IdempotencyStore::immediate)) and outside the transactional
     /// mode: the write is made before this returns (or, if it fails, retried in the background).
-    pub(super) fn record_here(self, outcome: Outcome) {
+    pub(super) fn record_here(self: Box<Self>, outcome: Outcome) {
         match self.write_here(&outcome) {
             Some(Ok(())) => {}
             Some(Err(error)) => self.retry_later(outcome, &error),
@@ -80,13 +82,13 @@ impl Execution {
         }
     }
 
-    fn retry_later(self, outcome: Outcome, error: &StoreError) {
+    fn retry_later(self: Box<Self>, outcome: Outcome, error: &StoreError) {
         let operation = outcome.operation();
         tracing::error!(target: "idem", outcome = "store_error", operation, key = %self.key.key(), %error, "store write failed; retrying in the background until the lease runs out");
         tokio::spawn(self.retry(outcome));
     }
 
-    async fn retry(self, outcome: Outcome) {
+    async fn retry(self: Box<Self>, outcome: Outcome) {
         let give_up = Instant::now() + self.settings.lease;
         let mut pause = Duration::from_millis(10);
         loop {
