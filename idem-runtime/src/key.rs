@@ -45,8 +45,24 @@ pub const MAX_KEY_LEN_LIMIT: usize = 1024;
 
 /// A validated idempotency key: 1 to `max_len` visible ASCII characters (or spaces, when it was sent
 /// quoted).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct IdempotencyKey(Box<str>);
+///
+/// A key of at most [`INLINE_KEY_LEN`] characters (a UUID, a ULID) is held in place, without an
+/// allocation of its own; a longer one on the heap.
+#[derive(Clone)]
+pub struct IdempotencyKey(Repr);
+
+/// The longest key held in place by [`IdempotencyKey`], in characters: a UUID's 36 and then some.
+pub const INLINE_KEY_LEN: usize = 38;
+
+#[derive(Clone)]
+enum Repr {
+    /// The first `len` bytes are the key, the rest zero.
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_KEY_LEN],
+    },
+    Heap(Box<str>),
+}
 
 impl IdempotencyKey {
     /// Parses one header value, bare or RFC 8941 quoted, into a key of at most `max_len`
@@ -58,19 +74,30 @@ impl IdempotencyKey {
     pub fn parse(value: &[u8], max_len: usize) -> Result<Self, KeyError> {
         let key = match value.first() {
             None => return Err(KeyError::Empty),
-            Some(b'"') => parse_quoted(value)?,
-            Some(_) => parse_bare(value)?,
+            Some(b'"') => Self::from_ascii(parse_quoted(value)?.as_bytes()),
+            Some(_) => Self::from_ascii(parse_bare(value)?),
         };
-        if key.is_empty() {
+        let len = key.as_bytes().len();
+        if len == 0 {
             return Err(KeyError::Empty);
         }
-        if key.len() > max_len {
-            return Err(KeyError::TooLong {
-                len: key.len(),
-                max: max_len,
-            });
+        if len > max_len {
+            return Err(KeyError::TooLong { len, max: max_len });
         }
-        Ok(Self(key.into_boxed_str()))
+        Ok(key)
+    }
+
+    /// A key of these printable ASCII bytes.
+    fn from_ascii(ascii: &[u8]) -> Self {
+        if let Ok(len) = u8::try_from(ascii.len())
+            && ascii.len() <= INLINE_KEY_LEN
+        {
+            let mut bytes = [0; INLINE_KEY_LEN];
+            bytes[..ascii.len()].copy_from_slice(ascii);
+            return Self(Repr::Inline { len, bytes });
+        }
+        // Printable ASCII is UTF-8.
+        Self(Repr::Heap(String::from_utf8_lossy(ascii).into()))
     }
 
     /// Reads the key from the header `name` of a request.
@@ -114,37 +141,84 @@ impl IdempotencyKey {
     /// The key's characters, unescaped.
     #[must_use]
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            // Only printable ASCII is ever held, so the check cannot fail.
+            Repr::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            Repr::Heap(key) => key,
+        }
+    }
+
+    /// The key's bytes: printable ASCII.
+    fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Repr::Heap(key) => key.as_bytes(),
+        }
+    }
+
+    /// The key's length in characters.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.as_bytes().len()
+    }
+
+    /// Always `false`: a key has at least one character.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.as_bytes().is_empty()
+    }
+}
+
+impl PartialEq for IdempotencyKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for IdempotencyKey {}
+
+impl std::hash::Hash for IdempotencyKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As the `str` hashes: the same key hashes alike however it is held.
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialOrd for IdempotencyKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for IdempotencyKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
     }
 }
 
 impl fmt::Debug for IdempotencyKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
 impl fmt::Display for IdempotencyKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
-fn parse_bare(value: &[u8]) -> Result<String, KeyError> {
+/// The bytes of a bare key, once checked to be printable ASCII.
+fn parse_bare(value: &[u8]) -> Result<&[u8], KeyError> {
     if let Some(position) = value.iter().position(|b| !(0x21..=0x7E).contains(b)) {
         return Err(KeyError::InvalidByte {
             position,
             byte: value[position],
         });
     }
-    // One allocation of the exact size. Every byte is printable ASCII, so the UTF-8 check passes.
-    String::from_utf8(value.to_vec()).map_err(|error| {
-        let position = error.utf8_error().valid_up_to();
-        KeyError::InvalidByte {
-            position,
-            byte: value[position],
-        }
-    })
+    Ok(value)
 }
 
 fn parse_quoted(value: &[u8]) -> Result<String, KeyError> {

@@ -160,6 +160,26 @@ proptest! {
         }
     }
 
+    /// Short keys are held in place and long ones on the heap; either way a key compares, orders
+    /// and hashes as its text.
+    #[test]
+    fn keys_of_any_length_compare_order_and_hash_as_their_text(
+        // Not starting with `"`, which would make them quoted.
+        a in "[\\x21\\x23-\\x7E][\\x21-\\x7E]{0,79}",
+        b in "[\\x21\\x23-\\x7E][\\x21-\\x7E]{0,79}",
+    ) {
+        let parse = |key: &str| IdempotencyKey::parse(key.as_bytes(), 255).unwrap();
+        let (ka, kb) = (parse(&a), parse(&b));
+        prop_assert_eq!(ka.as_str(), a.as_str());
+        prop_assert_eq!(ka.len(), a.len());
+        prop_assert_eq!(ka == kb, a == b);
+        prop_assert_eq!(ka.cmp(&kb), a.cmp(&b));
+        let state = std::hash::RandomState::new();
+        use std::hash::BuildHasher as _;
+        prop_assert_eq!(state.hash_one(&ka), state.hash_one(a.as_str()));
+        prop_assert_eq!(parse(&a).clone(), ka);
+    }
+
     #[test]
     fn a_header_sent_twice_is_refused_whatever_its_values(
         first in "[\\x21-\\x7E]{0,16}",

@@ -135,6 +135,6 @@ pub(super) fn deadline(now: Instant, after: Duration) -> Instant {
 /// What a record weighs against the bound: its key's text, [`Completed::weight`] and the entry
 /// around them.
 fn weight(key: &StoreKey, completed: &Completed) -> u32 {
-    let bytes = ENTRY_OVERHEAD + key.key().as_str().len() + completed.weight();
+    let bytes = ENTRY_OVERHEAD + key.key().len() + completed.weight();
     u32::try_from(bytes).unwrap_or(u32::MAX)
 }
