@@ -35,7 +35,7 @@ impl StoredResponse {
         let mut out = Vec::with_capacity(self.heap_weight() + 16);
         out.push(FORMAT_VERSION);
         out.extend_from_slice(&self.status.as_u16().to_le_bytes());
-        out.extend_from_slice(&self.header_count.to_le_bytes());
+        out.extend_from_slice(&u32::from(self.header_count).to_le_bytes());
         for (name, value) in self.pairs() {
             for part in [name, value] {
                 out.extend_from_slice(&(part.len() as u32).to_le_bytes());
@@ -43,9 +43,9 @@ impl StoredResponse {
             }
         }
         out.push(u8::from(!self.kept));
-        out.extend_from_slice(&self.body_len.to_le_bytes());
+        out.extend_from_slice(&self.body_len().to_le_bytes());
         if self.kept {
-            out.extend_from_slice(&self.data[self.headers_len as usize..]);
+            out.extend_from_slice(self.tail());
         }
         out
     }

@@ -112,13 +112,13 @@ pub struct StoredResponse {
     status: StatusCode,
     /// Whether the body is kept (after the headers in `data`).
     kept: bool,
-    /// How many headers the block at the start of `data` holds.
-    header_count: u32,
+    /// How many headers the block at the start of `data` holds (a header map holds at most
+    /// 32,768).
+    header_count: u16,
     /// The length of that block in bytes.
     headers_len: u32,
-    /// The body's length in bytes, kept or not.
-    body_len: u64,
-    /// The header block, then the body if it is kept.
+    /// The header block, then the body if it is kept, or else the body's length (`u64`,
+    /// little-endian).
     data: Bytes,
 }
 
@@ -182,14 +182,16 @@ impl StoredResponse {
         let headers_len: usize = headers()
             .map(|(name, value)| 6 + name.len().min(usize::from(u16::MAX)) + value.len())
             .sum();
-        let mut data = Vec::with_capacity(headers_len + body.map_or(0, <[u8]>::len));
-        let mut header_count = 0u32;
+        let tail = body.map_or(8, <[u8]>::len);
+        let mut data = Vec::with_capacity(headers_len + tail);
+        let mut header_count = 0u16;
         for (name, value) in headers() {
             push_header(&mut data, name, value);
-            header_count += 1;
+            header_count = header_count.saturating_add(1);
         }
-        if let Some(body) = body {
-            data.extend_from_slice(body);
+        match body {
+            Some(body) => data.extend_from_slice(body),
+            None => data.extend_from_slice(&body_len.to_le_bytes()),
         }
         // The capacity is exactly the length: the buffer becomes the `Bytes` as it is.
         debug_assert_eq!(data.len(), data.capacity());
@@ -198,9 +200,21 @@ impl StoredResponse {
             kept: body.is_some(),
             header_count,
             headers_len: u32::try_from(headers_len).unwrap_or(u32::MAX),
-            body_len,
             data: Bytes::from(data),
         }
+    }
+
+    /// The bytes after the header block: the body, or its length.
+    fn tail(&self) -> &[u8] {
+        &self.data[self.headers_len as usize..]
+    }
+
+    /// The body's length in bytes, kept or not.
+    fn body_len(&self) -> u64 {
+        if self.kept {
+            return self.tail().len() as u64;
+        }
+        self.tail().try_into().map_or(0, u64::from_le_bytes)
     }
 
     /// The status the handler answered.
@@ -221,7 +235,9 @@ impl StoredResponse {
         if self.kept {
             StoredBody::Kept(self.data.slice(self.headers_len as usize..))
         } else {
-            StoredBody::Dropped { len: self.body_len }
+            StoredBody::Dropped {
+                len: self.body_len(),
+            }
         }
     }
 
@@ -244,8 +260,8 @@ impl StoredResponse {
                 HeaderName::from_bytes(name).is_ok_and(|name| policy.replays(&name))
             })
             .collect();
-        let body = self.kept.then(|| &self.data[self.headers_len as usize..]);
-        *self = Self::assemble(self.status, || kept.iter().copied(), body, self.body_len);
+        let body = self.kept.then(|| self.tail());
+        *self = Self::assemble(self.status, || kept.iter().copied(), body, self.body_len());
     }
 
     /// The name and value of every stored header, in order.
@@ -288,7 +304,7 @@ impl StoredResponse {
         if !self.kept {
             return Err(NotKept {
                 status: self.status,
-                len: self.body_len,
+                len: self.body_len(),
             });
         }
         // Sized for the stored headers and the replay mark at once.

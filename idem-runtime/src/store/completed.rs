@@ -19,10 +19,10 @@ use super::{Completed, StoreKey};
 /// The fixed cost of a completed record beyond its key's text and [`Completed::weight`]: the
 /// cache's own entry (its hash-table bucket, the shared key, the access-order node), the entry's
 /// expiry, the `Arc` around the record and the allocator's rounding. Measured with a counting
-/// allocator by the `memory` bench of this crate, which prints it beside the weight charged; this
-/// constant charges at least that, and a margin for the table itself, so that the bound holds (a
-/// flood of unique keys ends below it).
-const ENTRY_OVERHEAD: usize = 400;
+/// allocator by the `memory` bench of this crate, which prints the heap a small record holds
+/// (519 B) beside the weight it is charged (554 B); the margin covers the cache's table, so that
+/// the bound holds: a flood of unique keys ends at 0.96 of it.
+const ENTRY_OVERHEAD: usize = 320;
 
 /// How keys are hashed by the cache. A [`StoreKey`] hashes as the one word it carries, computed
 /// once from its scope and key with a seed drawn at random per process, so the cache only mixes
