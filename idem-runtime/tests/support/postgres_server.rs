@@ -13,6 +13,7 @@
 
 use std::io::Write as _;
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -69,6 +70,8 @@ impl PostgresServer {
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
                 .expect("hand the cluster's directory to the postgres user");
         }
+        // First of all, so that the directory goes whenever this process ends from now on.
+        let watchdog = watchdog(&dir);
         let data = dir.join("data");
         let initdb = run_as(as_root, &bindir.join("initdb"))
             .arg("-D")
@@ -120,7 +123,6 @@ impl PostgresServer {
             .stderr(log)
             .spawn()
             .expect("postgres starts");
-        let watchdog = watchdog(&dir);
         let server = Self {
             port,
             dir,
@@ -244,7 +246,7 @@ fn free_port() -> u16 {
 }
 
 /// Starts a process that waits for this test process to end, then stops the server (fast
-/// shutdown, then SIGKILL after 10 s) and removes `dir`.
+/// shutdown, then SIGKILL after 10 s) and removes `dir`, however the test process ended.
 fn watchdog(dir: &Path) -> Child {
     let script = r#"
         while kill -0 "$1" 2>/dev/null; do sleep 0.5; done
@@ -256,7 +258,10 @@ fn watchdog(dir: &Path) -> Child {
         fi
         rm -rf "$2"
     "#;
+    // A process group of its own, so that a signal to the test's group (a `timeout`, a ^C) does
+    // not take the watchdog down with the test.
     Command::new("sh")
+        .process_group(0)
         .arg("-c")
         .arg(script)
         .arg("watchdog")
