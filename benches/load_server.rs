@@ -4,10 +4,11 @@
 //! - `POST /plain/charges`: the plain axum handler;
 //! - `POST /full/charges`: the same handler with the attribute, on a `MemoryStore` of the default
 //!   64 MiB filled to its bound before serving, so that every first execution evicts a record, as
-//!   it does in a service that has run for a while;
-//! - `POST /roomy/charges`: the same again on a store of 4 GiB that the load never fills.
+//!   it does in a service that has run for a while. It is the process-wide configuration
+//!   (`Idempotency::install`), so the route has no layer;
+//! - `POST /roomy/charges`: the same again on a store of 4 GiB that the load never fills, as an
+//!   `Extension` layer of its own route.
 //!
-//! Each idempotent route has its `Idempotency` as a layer of its own; the plain route has none.
 //! Environment: `LOAD_ADDR` (default `127.0.0.1:3917`). It prints `listening on ADDR` once it
 //! accepts connections.
 //!
@@ -92,6 +93,12 @@ fn main() {
             full.weighted_size(),
             full.max_bytes()
         );
+        Idempotency::builder()
+            .store(full)
+            .build()
+            .expect("valid settings")
+            .install()
+            .expect("installed once");
         let roomy = MemoryStore::builder().max_bytes(4 << 30).build();
         let layer = |store: MemoryStore| {
             Extension(
@@ -103,7 +110,8 @@ fn main() {
         };
         let app = Router::new()
             .route("/plain/charges", post(plain_charge))
-            .route("/full/charges", post(idempotent_charge).layer(layer(full)))
+            // The process-wide configuration: no layer.
+            .route("/full/charges", post(idempotent_charge))
             .route(
                 "/roomy/charges",
                 post(idempotent_charge).layer(layer(roomy)),

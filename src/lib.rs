@@ -133,6 +133,10 @@
 //!     .layer(Extension(idempotency));
 //! ```
 //!
+//! An application with one configuration can instead make it the process-wide one with
+//! [`Idempotency::install`], before it serves: its routers then need no layer, which saves every
+//! request the extension's cost.
+//!
 //! # Fitting into the API
 //!
 //! - Error answers in the API's own format: problem+json by default, Stripe's envelope, or the

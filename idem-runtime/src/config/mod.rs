@@ -194,10 +194,14 @@ impl Settings {
     }
 }
 
+/// The process-wide configuration: see [`Idempotency::global`] and [`Idempotency::install`].
+static GLOBAL: OnceLock<Idempotency> = OnceLock::new();
+
 /// The runtime-wide idempotency configuration: the store, the scope source and default settings.
 ///
-/// Cheap to clone. Install it with `Router::layer(Extension(idempotency))`; handlers without one
-/// use [`Idempotency::global`].
+/// Cheap to clone. Install it for a router with `Router::layer(Extension(idempotency))`, or once
+/// for the whole process with [`Idempotency::install`]; handlers of a router without one use
+/// [`Idempotency::global`].
 #[derive(Clone)]
 pub struct Idempotency {
     inner: Arc<Inner>,
@@ -220,12 +224,45 @@ impl Idempotency {
         }
     }
 
-    /// The process-wide configuration used by handlers when the application installed none: one
-    /// shared [`MemoryStore`] with its default byte bound, and the default settings.
+    /// The process-wide configuration, used by the handlers of a router without an
+    /// `Extension(Idempotency)` of its own: the one [installed](Idempotency::install), or else
+    /// one shared [`MemoryStore`] with its default byte bound, and the default settings.
     #[must_use]
     pub fn global() -> &'static Idempotency {
-        static GLOBAL: OnceLock<Idempotency> = OnceLock::new();
         GLOBAL.get_or_init(|| Idempotency::builder().build().expect("defaults are valid"))
+    }
+
+    /// Makes this the process-wide configuration ([`Idempotency::global`]), for every handler of a
+    /// router without an `Extension(Idempotency)`.
+    ///
+    /// For an application with one configuration this is cheaper than the extension, which
+    /// axum's `Router::layer` adds to every request (a map insert and a boxed service in front of
+    /// each route: about a fifth of a trivial handler's cost, by the handler bench). A router
+    /// that has the extension still uses its own.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when the process-wide configuration is set already: installed before, or
+    /// taken with the defaults by a handler that served a request first. Install it before serving.
+    ///
+    /// ```
+    /// use idem_runtime::config::Idempotency;
+    /// use idem_runtime::store::MemoryStore;
+    ///
+    /// let store = MemoryStore::builder().max_bytes(256 * 1024 * 1024).build();
+    /// Idempotency::builder().store(store).build().unwrap().install().unwrap();
+    /// assert_eq!(Idempotency::global().settings().max_key_len, 255);
+    /// // Once only.
+    /// assert!(Idempotency::builder().build().unwrap().install().is_err());
+    /// ```
+    pub fn install(self) -> Result<(), ConfigError> {
+        GLOBAL.set(self).map_err(|_| {
+            ConfigError(
+                "the process-wide configuration is set already: install it once, before the \
+                 first request"
+                    .to_owned(),
+            )
+        })
     }
 
     /// The store.
