@@ -5,8 +5,9 @@
 
 #![allow(missing_docs)]
 
-mod fit_support;
+mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -15,10 +16,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use fit_support::{Answer, Gate, Mode, SwitchStore, app, keyed, post as post_request, send};
 use idem::problem::{ErrorFormat, Problem, ProblemKind, Stripe};
 use idem::{IdempotencyBuilder, idempotent};
 use serde::{Deserialize, Serialize, Serializer};
+use support::store::{Fault, FaultyStore, Operation};
+use support::{Answer, Probe, app_with, post as post_request, send};
 
 #[idempotent(post)]
 async fn charge(Json(amount): Json<u64>) -> String {
@@ -31,14 +33,14 @@ async fn required(Json(amount): Json<u64>) -> String {
 }
 
 #[idempotent(post)]
-async fn slow(State(gate): State<Gate>, Json(amount): Json<u64>) -> String {
-    gate.run_gated().await;
+async fn slow(State(probe): State<Probe>, Json(amount): Json<u64>) -> String {
+    probe.run_gated().await;
     format!("charged {amount}")
 }
 
 #[idempotent(post, conflict = wait)]
-async fn waits(State(gate): State<Gate>, Json(amount): Json<u64>) -> String {
-    gate.run_gated().await;
+async fn waits(State(probe): State<Probe>, Json(amount): Json<u64>) -> String {
+    probe.run_gated().await;
     format!("charged {amount}")
 }
 
@@ -80,12 +82,12 @@ async fn unserializable(Json(_input): Json<Unserializable>) -> &'static str {
 }
 
 #[idempotent(post, lease = "30ms")]
-async fn loses_lease(State(gate): State<Gate>, Json(amount): Json<u64>) -> String {
-    gate.run_gated().await;
+async fn loses_lease(State(probe): State<Probe>, Json(amount): Json<u64>) -> String {
+    probe.run_gated().await;
     panic!("the handler panics after losing its lease, for {amount}");
 }
 
-fn routes() -> Router<Gate> {
+fn routes() -> Router<Probe> {
     Router::new()
         .route("/charge", post(charge))
         .route("/required", post(required))
@@ -171,14 +173,16 @@ impl Scenario {
         self,
         configure: impl FnOnce(IdempotencyBuilder) -> IdempotencyBuilder,
     ) -> Answer {
-        let gate = Gate::default();
-        let store = SwitchStore::new();
-        let app = app(routes(), &gate, |builder| {
+        let probe = Probe::default();
+        // Forwarding `peek`, so that the byte-identical retry of `NotKeptExact` is answered before
+        // its body is parsed.
+        let store = Arc::new(FaultyStore::memory().forwarding_peek());
+        let app = app_with(routes(), &probe, |builder| {
             configure(builder.shared_store(store.clone()))
         });
         match self {
-            Self::KeyInvalid => send(&app, keyed("/charge", "", "1")).await,
-            Self::KeyMissing => send(&app, post_request("/required", &[], "1")).await,
+            Self::KeyInvalid => send(&app, post_request("/charge", Some(""), "1")).await,
+            Self::KeyMissing => send(&app, post_request("/required", None, "1")).await,
             Self::InFlight | Self::StoreLookup => {
                 let path = if self == Self::InFlight {
                     "/slow"
@@ -187,54 +191,57 @@ impl Scenario {
                 };
                 let first = tokio::spawn({
                     let app = app.clone();
-                    async move { send(&app, keyed(path, "k", "1")).await }
+                    async move { send(&app, post_request(path, Some("k"), "1")).await }
                 });
-                gate.started().await;
+                probe.started().await;
                 if self == Self::StoreLookup {
-                    store.set(Mode::FailLookup);
+                    store.force(Operation::Lookup, Some(Fault::FailBefore));
                 }
-                let duplicate = send(&app, keyed(path, "k", "1")).await;
-                store.set(Mode::Normal);
-                gate.open();
+                let duplicate = send(&app, post_request(path, Some("k"), "1")).await;
+                store.force(Operation::Lookup, None);
+                probe.open();
                 assert_eq!(first.await.expect("first").status, StatusCode::OK);
                 duplicate
             }
             Self::KeyReused => {
-                send(&app, keyed("/charge", "k", "1")).await;
-                send(&app, keyed("/charge", "k", "2")).await
+                send(&app, post_request("/charge", Some("k"), "1")).await;
+                send(&app, post_request("/charge", Some("k"), "2")).await
             }
             Self::NotKeptExact | Self::NotKept => {
-                let first = send(&app, keyed("/big", "k", "1")).await;
+                let first = send(&app, post_request("/big", Some("k"), "1")).await;
                 assert_eq!(first.status, StatusCode::CREATED);
                 let retry = if self == Self::NotKept { " 1" } else { "1" };
-                send(&app, keyed("/big", "k", retry)).await
+                send(&app, post_request("/big", Some("k"), retry)).await
             }
             Self::StoreClaim => {
-                store.set(Mode::FailClaim);
-                send(&app, keyed("/charge", "k", "1")).await
+                store.force(Operation::Claim, Some(Fault::FailBefore));
+                send(&app, post_request("/charge", Some("k"), "1")).await
             }
-            Self::Panicked => send(&app, keyed("/panics", "k", "1")).await,
-            Self::ResponseFailed => send(&app, keyed("/broken", "k", "1")).await,
-            Self::FingerprintFailed => send(&app, keyed("/unserializable", "k", "1")).await,
+            Self::Panicked => send(&app, post_request("/panics", Some("k"), "1")).await,
+            Self::ResponseFailed => send(&app, post_request("/broken", Some("k"), "1")).await,
+            Self::FingerprintFailed => {
+                send(&app, post_request("/unserializable", Some("k"), "1")).await
+            }
             Self::AbortedAtOnce | Self::AbortedLater => {
-                store.set(if self == Self::AbortedAtOnce {
-                    Mode::PanicClaim
+                let panic = if self == Self::AbortedAtOnce {
+                    Fault::Panic
                 } else {
-                    Mode::PanicClaimLater
-                });
-                send(&app, keyed("/charge", "k", "1")).await
+                    Fault::PanicLater
+                };
+                store.force(Operation::Claim, Some(panic));
+                send(&app, post_request("/charge", Some("k"), "1")).await
             }
             Self::LeaseLost => {
                 let first = tokio::spawn({
                     let app = app.clone();
-                    async move { send(&app, keyed("/loses-lease", "k", "1")).await }
+                    async move { send(&app, post_request("/loses-lease", Some("k"), "1")).await }
                 });
-                gate.started().await;
-                store.set(Mode::LoseLease);
+                probe.started().await;
+                store.force(Operation::Claim, Some(Fault::TakenOver));
                 // A few renewal periods (a third of the 30 ms lease each) for one to find the key
                 // taken over.
                 tokio::time::sleep(Duration::from_millis(60)).await;
-                gate.open();
+                probe.open();
                 first.await.expect("first")
             }
         }
@@ -516,8 +523,8 @@ async fn stripe_required(Json(amount): Json<u64>) -> String {
 }
 
 #[idempotent(post, errors = plain)]
-async fn plain_slow(State(gate): State<Gate>, Json(amount): Json<u64>) -> String {
-    gate.run_gated().await;
+async fn plain_slow(State(probe): State<Probe>, Json(amount): Json<u64>) -> String {
+    probe.run_gated().await;
     format!("charged {amount}")
 }
 
@@ -547,9 +554,10 @@ async fn problem_json_charge(Json(amount): Json<u64>) -> String {
 
 #[tokio::test]
 async fn the_attribute_chooses_the_format_of_one_handler() {
-    let gate = Gate::default();
-    let store = SwitchStore::new();
-    let app = app(
+    let probe = Probe::default();
+    // Forwarding `peek`, for the byte-identical retry below.
+    let store = Arc::new(FaultyStore::memory().forwarding_peek());
+    let app = app_with(
         Router::new()
             .route("/stripe-required", post(stripe_required))
             .route("/plain-slow", post(plain_slow))
@@ -558,7 +566,7 @@ async fn the_attribute_chooses_the_format_of_one_handler() {
             .route("/plain-unserializable", post(plain_unserializable))
             .route("/problem-json", post(problem_json_charge))
             .route("/charge", post(charge)),
-        &gate,
+        &probe,
         |builder| {
             builder.shared_store(store.clone()).errors(Tagged {
                 api: "runtime-wide".to_owned(),
@@ -567,76 +575,80 @@ async fn the_attribute_chooses_the_format_of_one_handler() {
     );
 
     // The key's extractor.
-    let missing = send(&app, post_request("/stripe-required", &[], "1")).await;
+    let missing = send(&app, post_request("/stripe-required", None, "1")).await;
     assert_eq!(missing.status, StatusCode::BAD_REQUEST);
     assert_eq!(missing.json()["error"]["code"], "idempotency_key_missing");
 
     // The claim: a duplicate in flight, and a reused key.
     let first = tokio::spawn({
         let app = app.clone();
-        async move { send(&app, keyed("/plain-slow", "k", "1")).await }
+        async move { send(&app, post_request("/plain-slow", Some("k"), "1")).await }
     });
-    gate.started().await;
-    let duplicate = send(&app, keyed("/plain-slow", "k", "1")).await;
+    probe.started().await;
+    let duplicate = send(&app, post_request("/plain-slow", Some("k"), "1")).await;
     assert_eq!(duplicate.header("x-problem"), Some("request-in-flight"));
     assert_eq!(duplicate.header("retry-after"), Some("1"));
-    gate.open();
+    probe.open();
     first.await.expect("first");
-    let reused = send(&app, keyed("/plain-slow", "k", "2")).await;
+    let reused = send(&app, post_request("/plain-slow", Some("k"), "2")).await;
     assert_eq!(reused.header("x-problem"), Some("key-reused"));
 
     // The store, refusing the claim.
-    store.set(Mode::FailClaim);
-    let unavailable = send(&app, keyed("/plain-slow", "other", "1")).await;
+    store.force(Operation::Claim, Some(Fault::FailBefore));
+    let unavailable = send(&app, post_request("/plain-slow", Some("other"), "1")).await;
     assert_eq!(unavailable.header("x-problem"), Some("store-unavailable"));
     assert_eq!(unavailable.header("retry-after"), Some("1"));
-    store.set(Mode::Normal);
+    store.force(Operation::Claim, None);
 
     // A byte-identical retry (answered before the body is parsed) and another spelling (the
     // claim) of an answer too large to keep.
-    send(&app, keyed("/plain-big", "big", "1")).await;
-    let exact = send(&app, keyed("/plain-big", "big", "1")).await;
+    send(&app, post_request("/plain-big", Some("big"), "1")).await;
+    let exact = send(&app, post_request("/plain-big", Some("big"), "1")).await;
     assert_eq!(exact.header("x-problem"), Some("response-not-kept"));
-    let spelled = send(&app, keyed("/plain-big", "big", " 1")).await;
+    let spelled = send(&app, post_request("/plain-big", Some("big"), " 1")).await;
     assert_eq!(spelled.header("x-problem"), Some("response-not-kept"));
 
     // The handler, and the exchange.
-    let panicked = send(&app, keyed("/plain-panics", "panics", "1")).await;
+    let panicked = send(&app, post_request("/plain-panics", Some("panics"), "1")).await;
     assert_eq!(panicked.header("x-problem"), Some("handler-panicked"));
-    let unfingerprinted = send(&app, keyed("/plain-unserializable", "input", "1")).await;
+    let unfingerprinted = send(
+        &app,
+        post_request("/plain-unserializable", Some("input"), "1"),
+    )
+    .await;
     assert_eq!(
         unfingerprinted.header("x-problem"),
         Some("fingerprint-failed")
     );
 
     // problem+json for one handler, the runtime-wide format for the others.
-    send(&app, keyed("/problem-json", "problem", "1")).await;
-    let reused = send(&app, keyed("/problem-json", "problem", "2")).await;
+    send(&app, post_request("/problem-json", Some("problem"), "1")).await;
+    let reused = send(&app, post_request("/problem-json", Some("problem"), "2")).await;
     assert_eq!(reused.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(
         reused.text(),
         problem_json_body(Scenario::KeyReused).expect("a body")
     );
-    send(&app, keyed("/charge", "charge", "1")).await;
-    let reused = send(&app, keyed("/charge", "charge", "2")).await;
+    send(&app, post_request("/charge", Some("charge"), "1")).await;
+    let reused = send(&app, post_request("/charge", Some("charge"), "2")).await;
     assert_eq!(reused.json()["api"], "runtime-wide");
 }
 
 #[tokio::test]
 async fn an_answer_in_another_format_is_not_stored() {
-    let gate = Gate::default();
-    let app = app(routes(), &gate, |builder| builder.errors(Stripe));
-    let first = send(&app, keyed("/charge", "k", "1")).await;
-    let reused = send(&app, keyed("/charge", "k", "2")).await;
+    let probe = Probe::default();
+    let app = app_with(routes(), &probe, |builder| builder.errors(Stripe));
+    let first = send(&app, post_request("/charge", Some("k"), "1")).await;
+    let reused = send(&app, post_request("/charge", Some("k"), "2")).await;
     assert_eq!(reused.status, StatusCode::BAD_REQUEST);
-    let retry = send(&app, keyed("/charge", "k", "1")).await;
+    let retry = send(&app, post_request("/charge", Some("k"), "1")).await;
     assert!(retry.is_replay());
     assert_eq!(retry.body, first.body);
 
     // A panic's answer is not stored either: the retry runs the handler again.
-    let panicked = send(&app, keyed("/panics", "p", "1")).await;
+    let panicked = send(&app, post_request("/panics", Some("p"), "1")).await;
     assert_eq!(panicked.status, StatusCode::INTERNAL_SERVER_ERROR);
-    let again = send(&app, keyed("/panics", "p", "1")).await;
+    let again = send(&app, post_request("/panics", Some("p"), "1")).await;
     assert!(!again.is_replay());
 }
 

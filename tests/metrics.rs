@@ -4,20 +4,21 @@
 
 #![allow(missing_docs)]
 
-mod fit_support;
+mod support;
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
-use fit_support::{Gate, Mode, SwitchStore, app, keyed, post as post_request, send};
 use idem::idempotent;
 use metrics_util::MetricKind;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use support::store::{Fault, FaultyStore, Operation};
+use support::{Probe, app_with, post as post_request, send};
 
 /// A metric's name and its labels, sorted.
 type Id = (String, Vec<(String, String)>);
@@ -111,14 +112,14 @@ async fn required(Json(amount): Json<u64>) -> String {
 }
 
 #[idempotent(post)]
-async fn slow(State(gate): State<Gate>, Json(amount): Json<u64>) -> String {
-    gate.run_gated().await;
+async fn slow(State(probe): State<Probe>, Json(amount): Json<u64>) -> String {
+    probe.run_gated().await;
     format!("charged {amount}")
 }
 
 #[idempotent(post, conflict = wait)]
-async fn waits(State(gate): State<Gate>, Json(amount): Json<u64>) -> String {
-    gate.run_gated().await;
+async fn waits(State(probe): State<Probe>, Json(amount): Json<u64>) -> String {
+    probe.run_gated().await;
     format!("charged {amount}")
 }
 
@@ -133,51 +134,85 @@ async fn fails(Json(_amount): Json<u64>) -> StatusCode {
 }
 
 #[idempotent(post, lease = "30ms")]
-async fn loses_lease(State(gate): State<Gate>, Json(amount): Json<u64>) -> String {
-    gate.run_gated().await;
+async fn loses_lease(State(probe): State<Probe>, Json(amount): Json<u64>) -> String {
+    probe.run_gated().await;
     format!("charged {amount}")
 }
 
 #[tokio::test]
 async fn each_request_is_counted_once_by_route_and_outcome() {
     recorder();
-    let gate = Gate::default();
-    let store = SwitchStore::new();
-    let app = app(
+    let probe = Probe::default();
+    // Forwarding `peek`, so that the byte-identical retry below is replayed before its body is
+    // parsed, and counted there.
+    let store = Arc::new(FaultyStore::memory().forwarding_peek());
+    let app = app_with(
         Router::new()
             .route("/metrics/customers/{customer}/charges", post(charge))
             .route("/metrics/required", post(required))
             .route("/metrics/slow", post(slow))
             .route("/metrics/panics", post(panics))
             .route("/metrics/fails", post(fails)),
-        &gate,
+        &probe,
         |builder| builder.shared_store(store.clone()),
     );
     let charges = "/metrics/customers/{customer}/charges";
 
     // Executed, replayed (byte for byte, and spelled differently), reused for another body.
-    send(&app, keyed("/metrics/customers/c1/charges", "a", "1")).await;
-    send(&app, keyed("/metrics/customers/c1/charges", "a", "1")).await;
-    send(&app, keyed("/metrics/customers/c1/charges", "a", " 1")).await;
-    send(&app, keyed("/metrics/customers/c1/charges", "a", "2")).await;
+    send(
+        &app,
+        post_request("/metrics/customers/c1/charges", Some("a"), "1"),
+    )
+    .await;
+    send(
+        &app,
+        post_request("/metrics/customers/c1/charges", Some("a"), "1"),
+    )
+    .await;
+    send(
+        &app,
+        post_request("/metrics/customers/c1/charges", Some("a"), " 1"),
+    )
+    .await;
+    send(
+        &app,
+        post_request("/metrics/customers/c1/charges", Some("a"), "2"),
+    )
+    .await;
     // Another customer: another concrete path, the same route.
-    send(&app, keyed("/metrics/customers/c2/charges", "b", "1")).await;
+    send(
+        &app,
+        post_request("/metrics/customers/c2/charges", Some("b"), "1"),
+    )
+    .await;
     // No key: no idempotency, not counted.
     send(
         &app,
-        post_request("/metrics/customers/c2/charges", &[], "1"),
+        post_request("/metrics/customers/c2/charges", None, "1"),
     )
     .await;
     // An invalid key, and a missing one where it is required.
-    send(&app, keyed("/metrics/customers/c1/charges", "", "1")).await;
-    send(&app, post_request("/metrics/required", &[], "1")).await;
+    send(
+        &app,
+        post_request("/metrics/customers/c1/charges", Some(""), "1"),
+    )
+    .await;
+    send(&app, post_request("/metrics/required", None, "1")).await;
     // The store fails the claim.
-    store.set(Mode::FailClaim);
-    let unavailable = send(&app, keyed("/metrics/customers/c1/charges", "c", "1")).await;
+    store.force(Operation::Claim, Some(Fault::FailBefore));
+    let unavailable = send(
+        &app,
+        post_request("/metrics/customers/c1/charges", Some("c"), "1"),
+    )
+    .await;
     assert_eq!(unavailable.status, StatusCode::SERVICE_UNAVAILABLE);
-    store.set(Mode::PanicClaim);
-    send(&app, keyed("/metrics/customers/c1/charges", "d", "1")).await;
-    store.set(Mode::Normal);
+    store.force(Operation::Claim, Some(Fault::Panic));
+    send(
+        &app,
+        post_request("/metrics/customers/c1/charges", Some("d"), "1"),
+    )
+    .await;
+    store.force(Operation::Claim, None);
 
     assert_eq!(
         outcomes(charges),
@@ -195,11 +230,11 @@ async fn each_request_is_counted_once_by_route_and_outcome() {
     // A duplicate of a request still running.
     let first = tokio::spawn({
         let app = app.clone();
-        async move { send(&app, keyed("/metrics/slow", "e", "1")).await }
+        async move { send(&app, post_request("/metrics/slow", Some("e"), "1")).await }
     });
-    gate.started().await;
-    send(&app, keyed("/metrics/slow", "e", "1")).await;
-    gate.open();
+    probe.started().await;
+    send(&app, post_request("/metrics/slow", Some("e"), "1")).await;
+    probe.open();
     first.await.expect("first");
     assert_eq!(
         outcomes("/metrics/slow"),
@@ -207,9 +242,9 @@ async fn each_request_is_counted_once_by_route_and_outcome() {
     );
 
     // A panic, and a 5xx that the keep policy does not keep.
-    send(&app, keyed("/metrics/panics", "f", "1")).await;
-    send(&app, keyed("/metrics/fails", "g", "1")).await;
-    send(&app, keyed("/metrics/fails", "g", "1")).await;
+    send(&app, post_request("/metrics/panics", Some("f"), "1")).await;
+    send(&app, post_request("/metrics/fails", Some("g"), "1")).await;
+    send(&app, post_request("/metrics/fails", Some("g"), "1")).await;
     assert_eq!(requests("/metrics/panics", "panicked"), 1);
     assert_eq!(requests("/metrics/fails", "executed"), 2, "ran twice");
 }
@@ -217,27 +252,27 @@ async fn each_request_is_counted_once_by_route_and_outcome() {
 #[tokio::test]
 async fn a_lost_lease_and_a_failed_wait_are_counted() {
     recorder();
-    let gate = Gate::default();
-    let store = SwitchStore::new();
-    let app = app(
+    let probe = Probe::default();
+    let store = Arc::new(FaultyStore::memory());
+    let app = app_with(
         Router::new()
             .route("/metrics/loses-lease", post(loses_lease))
             .route("/metrics/waits", post(waits))
             .route("/metrics/panics-too", post(panics)),
-        &gate,
+        &probe,
         |builder| builder.shared_store(store.clone()),
     );
 
     let first = tokio::spawn({
         let app = app.clone();
-        async move { send(&app, keyed("/metrics/loses-lease", "h", "1")).await }
+        async move { send(&app, post_request("/metrics/loses-lease", Some("h"), "1")).await }
     });
-    gate.started().await;
-    store.set(Mode::LoseLease);
+    probe.started().await;
+    store.force(Operation::Claim, Some(Fault::TakenOver));
     tokio::time::sleep(Duration::from_millis(60)).await;
-    gate.open();
+    probe.open();
     assert_eq!(first.await.expect("first").status, StatusCode::OK);
-    store.set(Mode::Normal);
+    store.force(Operation::Claim, None);
     assert_eq!(
         outcomes("/metrics/loses-lease"),
         HashMap::from([("lease_lost".to_owned(), 1)])
@@ -245,13 +280,13 @@ async fn a_lost_lease_and_a_failed_wait_are_counted() {
 
     let first = tokio::spawn({
         let app = app.clone();
-        async move { send(&app, keyed("/metrics/waits", "i", "1")).await }
+        async move { send(&app, post_request("/metrics/waits", Some("i"), "1")).await }
     });
-    gate.started().await;
-    store.set(Mode::FailLookup);
-    send(&app, keyed("/metrics/waits", "i", "1")).await;
-    store.set(Mode::Normal);
-    gate.open();
+    probe.started().await;
+    store.force(Operation::Lookup, Some(Fault::FailBefore));
+    send(&app, post_request("/metrics/waits", Some("i"), "1")).await;
+    store.force(Operation::Lookup, None);
+    probe.open();
     first.await.expect("first");
     assert_eq!(
         outcomes("/metrics/waits"),
@@ -259,7 +294,7 @@ async fn a_lost_lease_and_a_failed_wait_are_counted() {
     );
 
     // A panic releases its key.
-    send(&app, keyed("/metrics/panics-too", "j", "1")).await;
+    send(&app, post_request("/metrics/panics-too", Some("j"), "1")).await;
 
     // Every kind of store operation was timed, the failed ones too.
     let seen = seen();

@@ -4,18 +4,18 @@
 
 #![allow(missing_docs)]
 
-mod fit_support;
+mod support;
 
 use axum::extract::State;
 use axum::http::{HeaderName, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
-use fit_support::{Gate, app, keyed, send};
 use idem::{Idempotency, KeepPolicy, idempotent};
+use support::{Probe, app, app_with, post as post_request, send};
 
 /// Answers the status it is sent, and counts its runs.
-async fn answer(gate: &Gate, status: u16) -> (StatusCode, String) {
-    let run = gate.run();
+async fn answer(probe: &Probe, status: u16) -> (StatusCode, String) {
+    let run = probe.run();
     (
         StatusCode::from_u16(status).expect("a status"),
         format!("run {run}"),
@@ -24,23 +24,23 @@ async fn answer(gate: &Gate, status: u16) -> (StatusCode, String) {
 
 #[idempotent(post)]
 async fn runtime_default(
-    State(gate): State<Gate>,
+    State(probe): State<Probe>,
     Json(status): Json<u16>,
 ) -> (StatusCode, String) {
-    answer(&gate, status).await
+    answer(&probe, status).await
 }
 
 #[idempotent(post, keep = no_server_errors)]
 async fn no_server_errors(
-    State(gate): State<Gate>,
+    State(probe): State<Probe>,
     Json(status): Json<u16>,
 ) -> (StatusCode, String) {
-    answer(&gate, status).await
+    answer(&probe, status).await
 }
 
 #[idempotent(post, keep = all)]
-async fn keeps_all(State(gate): State<Gate>, Json(status): Json<u16>) -> (StatusCode, String) {
-    answer(&gate, status).await
+async fn keeps_all(State(probe): State<Probe>, Json(status): Json<u16>) -> (StatusCode, String) {
+    answer(&probe, status).await
 }
 
 /// A `429` says "later": the retry should run again.
@@ -50,18 +50,18 @@ fn not_throttled(status: StatusCode) -> bool {
 
 #[idempotent(post, keep = not_throttled)]
 async fn unless_throttled(
-    State(gate): State<Gate>,
+    State(probe): State<Probe>,
     Json(status): Json<u16>,
 ) -> (StatusCode, String) {
-    answer(&gate, status).await
+    answer(&probe, status).await
 }
 
 #[idempotent(post, store_server_errors = false)]
-async fn shorthand(State(gate): State<Gate>, Json(status): Json<u16>) -> (StatusCode, String) {
-    answer(&gate, status).await
+async fn shorthand(State(probe): State<Probe>, Json(status): Json<u16>) -> (StatusCode, String) {
+    answer(&probe, status).await
 }
 
-fn keep_routes() -> Router<Gate> {
+fn keep_routes() -> Router<Probe> {
     Router::new()
         .route("/default", post(runtime_default))
         .route("/no-server-errors", post(no_server_errors))
@@ -74,10 +74,10 @@ fn keep_routes() -> Router<Gate> {
 async fn kept(app: &Router, path: &str, status: u16) -> bool {
     let key = format!("{path}-{status}");
     let body = status.to_string();
-    let first = send(app, keyed(path, &key, &body)).await;
+    let first = send(app, post_request(path, Some(&key), &body)).await;
     assert_eq!(first.status.as_u16(), status);
     assert!(!first.is_replay());
-    let retry = send(app, keyed(path, &key, &body)).await;
+    let retry = send(app, post_request(path, Some(&key), &body)).await;
     assert_eq!(retry.status.as_u16(), status);
     if retry.is_replay() {
         assert_eq!(retry.body, first.body, "the replay is the first answer");
@@ -90,18 +90,18 @@ async fn kept(app: &Router, path: &str, status: u16) -> bool {
 
 #[tokio::test]
 async fn every_answer_is_kept_by_default() {
-    let gate = Gate::default();
-    let app = app(keep_routes(), &gate, |builder| builder);
+    let probe = Probe::default();
+    let app = app(keep_routes(), &probe);
     for status in [201, 404, 429, 500, 503] {
         assert!(kept(&app, "/default", status).await, "{status}");
     }
-    assert_eq!(gate.runs(), 5);
+    assert_eq!(probe.runs(), 5);
 }
 
 #[tokio::test]
 async fn the_attribute_chooses_which_answers_are_kept() {
-    let gate = Gate::default();
-    let app = app(keep_routes(), &gate, |builder| builder);
+    let probe = Probe::default();
+    let app = app(keep_routes(), &probe);
     for (path, status, expected) in [
         ("/no-server-errors", 201, true),
         ("/no-server-errors", 429, true),
@@ -119,8 +119,8 @@ async fn the_attribute_chooses_which_answers_are_kept() {
 
 #[tokio::test]
 async fn the_runtime_wide_policy_applies_unless_the_attribute_says_otherwise() {
-    let gate = Gate::default();
-    let app = app(keep_routes(), &gate, |builder| {
+    let probe = Probe::default();
+    let app = app_with(keep_routes(), &probe, |builder| {
         builder.keep(KeepPolicy::When(|status| status.is_success()))
     });
     assert!(kept(&app, "/default", 201).await);
@@ -131,13 +131,13 @@ async fn the_runtime_wide_policy_applies_unless_the_attribute_says_otherwise() {
     assert!(kept(&app, "/all", 500).await);
     assert!(kept(&app, "/no-server-errors", 404).await);
 
-    let app = app_with_shorthand(&gate);
+    let app = app_with_shorthand(&probe);
     assert!(!kept(&app, "/default", 500).await);
     assert!(kept(&app, "/default", 400).await);
 }
 
-fn app_with_shorthand(gate: &Gate) -> Router {
-    app(keep_routes(), gate, |builder| {
+fn app_with_shorthand(probe: &Probe) -> Router {
+    app_with(keep_routes(), probe, |builder| {
         builder.store_server_errors(false)
     })
 }
@@ -145,8 +145,8 @@ fn app_with_shorthand(gate: &Gate) -> Router {
 // The replayed headers.
 
 /// Answers with every header a handler of an API might set.
-async fn with_headers(gate: &Gate) -> (StatusCode, [(&'static str, String); 6], String) {
-    let run = gate.run();
+async fn with_headers(probe: &Probe) -> (StatusCode, [(&'static str, String); 6], String) {
+    let run = probe.run();
     (
         StatusCode::CREATED,
         [
@@ -163,31 +163,31 @@ async fn with_headers(gate: &Gate) -> (StatusCode, [(&'static str, String); 6], 
 
 #[idempotent(post)]
 async fn headers_default(
-    State(gate): State<Gate>,
+    State(probe): State<Probe>,
     Json(_body): Json<u64>,
 ) -> impl axum::response::IntoResponse {
-    let (status, headers, body) = with_headers(&gate).await;
+    let (status, headers, body) = with_headers(&probe).await;
     (status, headers, [("x-hop", "1")], body)
 }
 
 #[idempotent(post, replay_except = ["x-ratelimit-remaining"])]
 async fn headers_except(
-    State(gate): State<Gate>,
+    State(probe): State<Probe>,
     Json(_body): Json<u64>,
 ) -> impl axum::response::IntoResponse {
-    with_headers(&gate).await
+    with_headers(&probe).await
 }
 
 #[idempotent(post, replay_only = ["content-type", "location", "x-hop", "x-request-id"])]
 async fn headers_only(
-    State(gate): State<Gate>,
+    State(probe): State<Probe>,
     Json(_body): Json<u64>,
 ) -> impl axum::response::IntoResponse {
-    let (status, headers, body) = with_headers(&gate).await;
+    let (status, headers, body) = with_headers(&probe).await;
     (status, headers, [("x-hop", "1")], body)
 }
 
-fn header_routes() -> Router<Gate> {
+fn header_routes() -> Router<Probe> {
     Router::new()
         .route("/default", post(headers_default))
         .route("/except", post(headers_except))
@@ -197,7 +197,7 @@ fn header_routes() -> Router<Gate> {
 /// The names of the headers of the replay of a request to `path`, after checking that the first
 /// answer had all of them.
 async fn replayed(app: &Router, path: &str) -> Vec<String> {
-    let first = send(app, keyed(path, path, "1")).await;
+    let first = send(app, post_request(path, Some(path), "1")).await;
     assert_eq!(first.status, StatusCode::CREATED);
     for name in [
         "location",
@@ -212,8 +212,8 @@ async fn replayed(app: &Router, path: &str) -> Vec<String> {
         );
     }
     // A byte-identical retry, and one spelled differently: both replays of the same record.
-    let exact = send(app, keyed(path, path, "1")).await;
-    let spelled = send(app, keyed(path, path, " 1")).await;
+    let exact = send(app, post_request(path, Some(path), "1")).await;
+    let spelled = send(app, post_request(path, Some(path), " 1")).await;
     assert!(exact.is_replay() && spelled.is_replay());
     assert_eq!(exact.headers, spelled.headers);
     assert_eq!(exact.body, first.body);
@@ -229,8 +229,8 @@ async fn replayed(app: &Router, path: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn by_default_every_header_is_replayed_but_those_that_never_are() {
-    let gate = Gate::default();
-    let app = app(header_routes(), &gate, |builder| builder);
+    let probe = Probe::default();
+    let app = app(header_routes(), &probe);
     assert_eq!(
         replayed(&app, "/default").await,
         [
@@ -255,8 +255,8 @@ async fn by_default_every_header_is_replayed_but_those_that_never_are() {
 
 #[tokio::test]
 async fn runtime_wide_lists_apply_and_a_handlers_deny_list_adds_to_them() {
-    let gate = Gate::default();
-    let app = app(header_routes(), &gate, |builder| {
+    let probe = Probe::default();
+    let app = app_with(header_routes(), &probe, |builder| {
         builder
             .replay_except([HeaderName::from_static("x-request-id")])
             .replay_only([

@@ -1,6 +1,7 @@
-//! What the behaviour tests share: a probe that handlers report to, the order handler (written
-//! with `#[idempotent]`, as every handler under test is), a router with a runtime configuration of
-//! its own, requests and collected answers, a seeded generator, and the one fault-injecting store
+//! What the behaviour tests share, those of how idem fits an API (error formats, metrics, the
+//! storage policy) too: a probe that handlers report to, the order handler (written with
+//! `#[idempotent]`, as every handler under test is), a router with a runtime configuration of its
+//! own, requests and collected answers, a seeded generator, and the one fault-injecting store
 //! wrapper ([`store::FaultyStore`]).
 
 #![allow(dead_code, unreachable_pub)]
@@ -240,6 +241,13 @@ impl Answer {
                 true
             }
         }
+    }
+
+    /// A header as text, if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(name)
+            .map(|value| value.to_str().expect("a text header"))
     }
 
     /// The body as text.

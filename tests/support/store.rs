@@ -15,8 +15,9 @@
 //! those.
 //!
 //! It never answers [`IdempotencyStore::peek`], so that every request goes through
-//! [`IdempotencyStore::claim`], where the faults are. Built with [`FaultyStore::answering_at_once`]
-//! around a store that answers at once, it answers at once too
+//! [`IdempotencyStore::claim`], where the faults are, unless built with
+//! [`FaultyStore::forwarding_peek`] for a test of the byte-identical replay. Built with
+//! [`FaultyStore::answering_at_once`] around a store that answers at once, it answers at once too
 //! ([`IdempotencyStore::immediate`]), with the same faults made synchronous: the runtime's way
 //! for such stores is then under test. A stall cannot happen there; it fails instead.
 
@@ -65,6 +66,14 @@ pub enum Fault {
     StallAfter,
     /// Panics before the inner store is asked (only when forced).
     Panic,
+    /// Waits [`PANIC_LATER`], then panics before the inner store is asked, so that the panic
+    /// comes once the exchange has moved into a task of its own (only when forced). Answering at
+    /// once, nothing waits: it panics at once, as [`Fault::Panic`] does.
+    PanicLater,
+    /// Lets the inner store do the operation; a claim it answers [`Claim::Fresh`] is answered as
+    /// the key's in-flight record of another claim, with the same fingerprint — a renewal finds
+    /// its key taken over (only when forced; other operations are left as they are).
+    TakenOver,
 }
 
 const KINDS: [Fault; 4] = [
@@ -73,6 +82,9 @@ const KINDS: [Fault; 4] = [
     Fault::StallBefore,
     Fault::StallAfter,
 ];
+
+/// How long [`Fault::PanicLater`] waits before it panics.
+const PANIC_LATER: Duration = Duration::from_millis(5);
 
 /// How long a stall lasts unless [`FaultyStore::stalling_for`] says otherwise: far longer than
 /// any store timeout a test sets.
@@ -97,6 +109,8 @@ pub struct FaultyStore {
     calls: watch::Sender<[usize; 4]>,
     /// Whether it answers at once, as its inner store does.
     at_once: bool,
+    /// Whether it answers `peek` as its inner store does.
+    peeks: bool,
 }
 
 impl FaultyStore {
@@ -115,6 +129,7 @@ impl FaultyStore {
             fresh_claims: Mutex::new(HashMap::new()),
             calls: watch::channel([0; 4]).0,
             at_once: false,
+            peeks: false,
         }
     }
 
@@ -127,6 +142,14 @@ impl FaultyStore {
     pub fn answering_at_once(mut self) -> Self {
         assert!(self.inner.immediate().is_some(), "the inner store waits");
         self.at_once = true;
+        self
+    }
+
+    /// Answers [`IdempotencyStore::peek`] as the inner store does, so that a byte-identical retry
+    /// of a completed request is replayed before its body is parsed, with no claim (and no fault).
+    #[must_use]
+    pub fn forwarding_peek(mut self) -> Self {
+        self.peeks = true;
         self
     }
 
@@ -232,6 +255,8 @@ impl FaultyStore {
         self.calls.borrow().iter().sum()
     }
 
+    /// Counts a call of `operation` and chooses its fault, if any: the forced one, else, while
+    /// active, one at random.
     fn pick(&self, operation: Operation) -> Option<Fault> {
         self.calls
             .send_modify(|calls| calls[operation.index()] += 1);
@@ -264,13 +289,17 @@ impl FaultyStore {
         Some(kinds[dice.below(kinds.len() as u64) as usize])
     }
 
-    /// Runs `op` on the inner store, after the gate of `operation` and with the fault chosen for
-    /// it, if any.
-    async fn with_fault<T, F>(&self, operation: Operation, op: F) -> Result<T, StoreError>
+    /// Runs `op` on the inner store, after the gate of `operation` and with `fault`, if any (as
+    /// [`FaultyStore::pick`] chose it for this call).
+    async fn with_fault<T, F>(
+        &self,
+        operation: Operation,
+        fault: Option<Fault>,
+        op: F,
+    ) -> Result<T, StoreError>
     where
         F: std::future::Future<Output = Result<T, StoreError>>,
     {
-        let fault = self.pick(operation);
         let mut held = self.held[operation.index()].subscribe();
         held.wait_for(|held| !*held)
             .await
@@ -278,6 +307,10 @@ impl FaultyStore {
         match fault {
             Some(Fault::FailBefore) => return Err(StoreError::new("injected failure")),
             Some(Fault::Panic) => panic!("injected panic in {operation:?}"),
+            Some(Fault::PanicLater) => {
+                tokio::time::sleep(PANIC_LATER).await;
+                panic!("injected panic in {operation:?}, later");
+            }
             Some(Fault::StallBefore) => {
                 tokio::time::sleep(self.stall).await;
                 return Err(StoreError::new("injected stall"));
@@ -297,19 +330,20 @@ impl FaultyStore {
 }
 
 impl FaultyStore {
-    /// Runs `op` on the inner store at once, with the fault chosen for `operation`, if any; a
-    /// stall fails, since nothing here waits.
+    /// Runs `op` on the inner store at once, with `fault`, if any (as [`FaultyStore::pick`] chose
+    /// it for this call of `operation`); a stall fails and a later panic comes at once, since
+    /// nothing here waits.
     fn with_fault_now<T>(
         &self,
         operation: Operation,
+        fault: Option<Fault>,
         op: impl FnOnce(&dyn ImmediateStore) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let fault = self.pick(operation);
         match fault {
             Some(Fault::FailBefore | Fault::StallBefore) => {
                 return Err(StoreError::new("injected failure"));
             }
-            Some(Fault::Panic) => panic!("injected panic in {operation:?}"),
+            Some(Fault::Panic | Fault::PanicLater) => panic!("injected panic in {operation:?}"),
             _ => {}
         }
         let inner = self.inner.immediate().expect("checked when built");
@@ -319,6 +353,17 @@ impl FaultyStore {
                 Err(StoreError::new("injected lost answer"))
             }
             _ => result,
+        }
+    }
+
+    /// The claim the runtime gets for the inner store's `claim`, under `fault`: a fresh one is
+    /// taken over by [`Fault::TakenOver`].
+    fn answer_claim(fault: Option<Fault>, claim: Claim, fingerprint: &Fingerprint) -> Claim {
+        match (fault, claim) {
+            (Some(Fault::TakenOver), Claim::Fresh) => Claim::Existing(Record::InFlight {
+                fingerprint: *fingerprint,
+            }),
+            (_, claim) => claim,
         }
     }
 
@@ -344,9 +389,11 @@ impl ImmediateStore for FaultyStore {
         token: ClaimToken,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        let claim = self.with_fault_now(Operation::Claim, |inner| {
+        let fault = self.pick(Operation::Claim);
+        let claim = self.with_fault_now(Operation::Claim, fault, |inner| {
             inner.claim_now(key, fingerprint, token, lease)
         })?;
+        let claim = Self::answer_claim(fault, claim, fingerprint);
         self.count_fresh(key, token, &claim);
         Ok(claim)
     }
@@ -358,13 +405,17 @@ impl ImmediateStore for FaultyStore {
         completed: Arc<Completed>,
         ttl: Duration,
     ) -> Result<Completion, StoreError> {
-        self.with_fault_now(Operation::Complete, |inner| {
+        let fault = self.pick(Operation::Complete);
+        self.with_fault_now(Operation::Complete, fault, |inner| {
             inner.complete_now(key, token, completed, ttl)
         })
     }
 
     fn release_now(&self, key: &StoreKey, token: ClaimToken) -> Result<(), StoreError> {
-        self.with_fault_now(Operation::Release, |inner| inner.release_now(key, token))
+        let fault = self.pick(Operation::Release);
+        self.with_fault_now(Operation::Release, fault, |inner| {
+            inner.release_now(key, token)
+        })
     }
 }
 
@@ -377,12 +428,15 @@ impl IdempotencyStore for FaultyStore {
         token: ClaimToken,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
+        let fault = self.pick(Operation::Claim);
         let claim = self
             .with_fault(
                 Operation::Claim,
+                fault,
                 self.inner.claim(key, fingerprint, token, lease),
             )
             .await?;
+        let claim = Self::answer_claim(fault, claim, fingerprint);
         self.count_fresh(key, token, &claim);
         Ok(claim)
     }
@@ -394,21 +448,33 @@ impl IdempotencyStore for FaultyStore {
         completed: Arc<Completed>,
         ttl: Duration,
     ) -> Result<Completion, StoreError> {
+        let fault = self.pick(Operation::Complete);
         self.with_fault(
             Operation::Complete,
+            fault,
             self.inner.complete(key, token, completed, ttl),
         )
         .await
     }
 
     async fn release(&self, key: &StoreKey, token: ClaimToken) -> Result<(), StoreError> {
-        self.with_fault(Operation::Release, self.inner.release(key, token))
+        let fault = self.pick(Operation::Release);
+        self.with_fault(Operation::Release, fault, self.inner.release(key, token))
             .await
     }
 
     async fn lookup(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
-        self.with_fault(Operation::Lookup, self.inner.lookup(key))
+        let fault = self.pick(Operation::Lookup);
+        self.with_fault(Operation::Lookup, fault, self.inner.lookup(key))
             .await
+    }
+
+    fn peek(&self, key: &StoreKey) -> Option<Arc<Completed>> {
+        if self.peeks {
+            self.inner.peek(key)
+        } else {
+            None
+        }
     }
 
     fn immediate(&self) -> Option<&dyn ImmediateStore> {
