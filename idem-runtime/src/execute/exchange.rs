@@ -80,7 +80,7 @@ impl Prepared {
     )]
     fn claim_here(self: Box<Self>) -> Result<Box<Execution>, Response> {
         let execution = self.begin()?;
-        let claimed = claim_here(&execution);
+        let claimed = claim_in_place(&execution);
         let (settings, route) = (&execution.settings, &execution.route);
         match settle(
             settings,
@@ -160,8 +160,8 @@ impl Prepared {
     }
 }
 
-/// The claim of `execution`'s key under its token, made in place.
-fn claim_here(execution: &Execution) -> Result<Claim, StoreError> {
+/// The claim of `execution`'s key under its token, asked of a store that answers at once.
+fn claim_in_place(execution: &Execution) -> Result<Claim, StoreError> {
     let Some(now) = execution.store.immediate() else {
         return Err(StoreError::new("the store no longer answers at once"));
     };
