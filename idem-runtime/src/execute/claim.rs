@@ -145,15 +145,27 @@ pub(super) async fn claim(
     fingerprint: &Fingerprint,
     token: ClaimToken,
 ) -> Result<Claim, StoreError> {
-    match store.immediate() {
-        Some(now) => timed(name, || {
-            now.claim_now(key, fingerprint, token, settings.lease)
-        }),
-        None => {
-            let claim = store.claim(key, fingerprint, token, settings.lease);
-            with_timeout(settings, name, claim).await
-        }
+    if let Some(claimed) = claim_here(store, settings, name, key, fingerprint, token) {
+        return claimed;
     }
+    let claim = store.claim(key, fingerprint, token, settings.lease);
+    with_timeout(settings, name, claim).await
+}
+
+/// [`claim`], made in place if the store answers at once
+/// ([`IdempotencyStore::immediate`]); `None` if it has to be awaited.
+pub(super) fn claim_here(
+    store: &dyn IdempotencyStore,
+    settings: &Settings,
+    name: &'static str,
+    key: &StoreKey,
+    fingerprint: &Fingerprint,
+    token: ClaimToken,
+) -> Option<Result<Claim, StoreError>> {
+    let now = store.immediate()?;
+    Some(timed(name, || {
+        now.claim_now(key, fingerprint, token, settings.lease)
+    }))
 }
 
 /// A call to a store that answers at once ([`IdempotencyStore::immediate`]), timed for metrics.

@@ -7,7 +7,7 @@ use std::task::Poll;
 
 use axum::response::Response;
 
-use super::claim::{Decision, decide, settle, timed};
+use super::claim::{Decision, claim_here, decide, settle};
 use super::handler::Produce;
 use super::prepare::Prepared;
 use super::record::{Execution, Outcome};
@@ -15,7 +15,7 @@ use super::transaction::Offer;
 use crate::config::ConflictPolicy;
 use crate::metrics::Route;
 use crate::problem::{Problem, Renderer};
-use crate::store::{Claim, ClaimToken, StoreError};
+use crate::store::{ClaimToken, StoreError};
 
 impl Prepared {
     /// Runs the whole idempotent exchange — claim, handler, completion — so that it cannot be
@@ -80,15 +80,18 @@ impl Prepared {
     )]
     fn claim_here(self: Box<Self>) -> Result<Box<Execution>, Response> {
         let execution = self.begin()?;
-        let claimed = claim_in_place(&execution);
-        let (settings, route) = (&execution.settings, &execution.route);
-        match settle(
+        let Execution {
+            store,
             settings,
             route,
-            &execution.key,
-            &execution.fingerprint,
-            claimed,
-        ) {
+            key,
+            fingerprint,
+            token,
+            ..
+        } = &*execution;
+        let claimed = claim_here(&**store, settings, "claim", key, fingerprint, *token)
+            .unwrap_or_else(|| Err(StoreError::new("the store no longer answers at once")));
+        match settle(settings, route, key, fingerprint, claimed) {
             Decision::Run => Ok(execution),
             Decision::Answer(answer) => Err(answer),
             Decision::Failed(answer) => {
@@ -158,21 +161,6 @@ impl Prepared {
             transaction: Default::default(),
         }))
     }
-}
-
-/// The claim of `execution`'s key under its token, asked of a store that answers at once.
-fn claim_in_place(execution: &Execution) -> Result<Claim, StoreError> {
-    let Some(now) = execution.store.immediate() else {
-        return Err(StoreError::new("the store no longer answers at once"));
-    };
-    timed("claim", || {
-        now.claim_now(
-            &execution.key,
-            &execution.fingerprint,
-            execution.token,
-            execution.settings.lease,
-        )
-    })
 }
 
 /// The `500` of an exchange that failed outside its handler (a store that panicked, say): `why`

@@ -81,12 +81,11 @@ impl Execution {
     ///
     /// [`IdempotencyStore::immediate`]: crate::store::IdempotencyStore::immediate
     pub(super) async fn run_here(self: Box<Self>, mut produce: Produce) -> Response {
-        let errors = self.settings.errors.clone();
-        let route = self.route.clone();
         match poll_fn(|cx| Poll::Ready(produce.as_mut().poll(cx))).await {
             Poll::Ready(produced) => {
                 let (answer, outcome) = self.conclude(produced, None);
                 if let Some(outcome) = outcome {
+                    let route = self.route.clone();
                     let recorded =
                         std::panic::catch_unwind(AssertUnwindSafe(|| self.record_here(outcome)));
                     if recorded.is_err() {
@@ -95,10 +94,13 @@ impl Execution {
                 }
                 answer
             }
-            Poll::Pending => match tokio::spawn(self.drive(produce)).await {
-                Ok(response) => response,
-                Err(error) => aborted(&errors, &route, &error),
-            },
+            Poll::Pending => {
+                let (errors, route) = (self.settings.errors.clone(), self.route.clone());
+                match tokio::spawn(self.drive(produce)).await {
+                    Ok(response) => response,
+                    Err(error) => aborted(&errors, &route, &error),
+                }
+            }
         }
     }
 
