@@ -35,9 +35,9 @@ impl StoredResponse {
         let mut out = Vec::with_capacity(self.heap_weight() + 16);
         out.push(FORMAT_VERSION);
         out.extend_from_slice(&self.status.as_u16().to_le_bytes());
-        out.extend_from_slice(&u32::from(self.header_count).to_le_bytes());
+        out.extend_from_slice(&(self.pairs().count() as u32).to_le_bytes());
         for (name, value) in self.pairs() {
-            for part in [name, value] {
+            for part in [name.as_bytes(), value] {
                 out.extend_from_slice(&(part.len() as u32).to_le_bytes());
                 out.extend_from_slice(part);
             }

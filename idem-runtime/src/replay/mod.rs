@@ -49,6 +49,7 @@ use http::header::{
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_body_util::BodyExt;
 
+mod block;
 mod codec;
 mod headers;
 
@@ -112,10 +113,7 @@ pub struct StoredResponse {
     status: StatusCode,
     /// Whether the body is kept (after the headers in `data`).
     kept: bool,
-    /// How many headers the block at the start of `data` holds (a header map holds at most
-    /// 32,768).
-    header_count: u16,
-    /// The length of that block in bytes.
+    /// The length of the header block at the start of `data`, in bytes (see [`block`]).
     headers_len: u32,
     /// The header block, then the body if it is kept, or else the body's length (`u64`,
     /// little-endian).
@@ -180,14 +178,12 @@ impl StoredResponse {
         I: Iterator<Item = (&'a [u8], &'a [u8])>,
     {
         let headers_len: usize = headers()
-            .map(|(name, value)| 6 + name.len().min(usize::from(u16::MAX)) + value.len())
+            .map(|(name, value)| block::encoded_len(name, value))
             .sum();
         let tail = body.map_or(8, <[u8]>::len);
         let mut data = Vec::with_capacity(headers_len + tail);
-        let mut header_count = 0u16;
         for (name, value) in headers() {
-            push_header(&mut data, name, value);
-            header_count = header_count.saturating_add(1);
+            block::push(&mut data, name, value);
         }
         match body {
             Some(body) => data.extend_from_slice(body),
@@ -198,7 +194,6 @@ impl StoredResponse {
         Self {
             status,
             kept: body.is_some(),
-            header_count,
             headers_len: u32::try_from(headers_len).unwrap_or(u32::MAX),
             data: Bytes::from(data),
         }
@@ -257,36 +252,28 @@ impl StoredResponse {
         let kept: Vec<(&[u8], &[u8])> = self
             .pairs()
             .filter(|(name, _)| {
-                HeaderName::from_bytes(name).is_ok_and(|name| policy.replays(&name))
+                name.to_header_name()
+                    .is_some_and(|name| policy.replays(&name))
             })
+            .map(|(name, value)| (name.as_bytes(), value))
             .collect();
         let body = self.kept.then(|| self.tail());
         *self = Self::assemble(self.status, || kept.iter().copied(), body, self.body_len());
     }
 
     /// The name and value of every stored header, in order.
-    fn pairs(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
-        let block = &self.data[..self.headers_len as usize];
-        let mut at = 0;
-        std::iter::from_fn(move || {
-            let name_len = usize::from(u16::from_le_bytes(block.get(at..at + 2)?.try_into().ok()?));
-            let name = block.get(at + 2..at + 2 + name_len)?;
-            at += 2 + name_len;
-            let value_len = u32::from_le_bytes(block.get(at..at + 4)?.try_into().ok()?) as usize;
-            let value = block.get(at + 4..at + 4 + value_len)?;
-            at += 4 + value_len;
-            Some((name, value))
-        })
+    fn pairs(&self) -> impl Iterator<Item = (block::Name<'_>, &[u8])> + '_ {
+        block::headers(&self.data[..self.headers_len as usize])
     }
 
     /// A header map of the stored headers, with room for `spare` more. The values share the
     /// record's buffer.
     fn to_map(&self, spare: usize) -> HeaderMap {
-        let mut map = HeaderMap::with_capacity(self.header_count as usize + spare);
+        let mut map = HeaderMap::with_capacity(self.pairs().count() + spare);
         for (name, value) in self.pairs() {
             // Both were valid header parts when the record was written.
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(name),
+            if let (Some(name), Ok(value)) = (
+                name.to_header_name(),
                 HeaderValue::from_maybe_shared(self.data.slice_ref(value)),
             ) {
                 map.append(name, value);
@@ -325,17 +312,6 @@ pub struct NotKept {
     pub status: StatusCode,
     /// The length of the body that was not kept, in bytes.
     pub len: u64,
-}
-
-/// Appends a header to a header block: the name's length (`u16`, little-endian), the name, the
-/// value's length (`u32`), the value. The name and value are valid (a header name is at most
-/// 64 KiB long), so reading the block back cannot fail.
-fn push_header(block: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    let name_len = u16::try_from(name.len()).unwrap_or(u16::MAX);
-    block.extend_from_slice(&name_len.to_le_bytes());
-    block.extend_from_slice(&name[..usize::from(name_len)]);
-    block.extend_from_slice(&(value.len() as u32).to_le_bytes());
-    block.extend_from_slice(value);
 }
 
 /// Reads the handler's whole response: returns it for the first caller, and the record to store,

@@ -1,0 +1,223 @@
+//! The header block at the start of a record's buffer: the replayable headers, each a name and a
+//! value, in as few bytes as the common response headers allow.
+//!
+//! A header is one tag byte, then its value's length (LEB128) and the value. A tag from 1 up
+//! names one of [`KNOWN`], the response headers handlers set most; tag 0 is followed by the name's
+//! length (LEB128) and the name. `content-type: application/json` takes 18 bytes, where two
+//! fixed-width lengths and the name took 34.
+//!
+//! The block lives only in memory and is written and read by this build alone: the binary form
+//! that stores keep ([`StoredResponse::encode`](super::StoredResponse::encode)) is separate and
+//! versioned.
+
+use http::HeaderName;
+use http::header::{
+    ACCESS_CONTROL_ALLOW_ORIGIN, CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_ENCODING,
+    CONTENT_LANGUAGE, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_TYPE, ETAG, EXPIRES, LAST_MODIFIED,
+    LINK, LOCATION, RETRY_AFTER, VARY,
+};
+
+/// The names written as one byte: tag `i + 1` is `KNOWN[i]`.
+static KNOWN: [HeaderName; 15] = [
+    CONTENT_TYPE,
+    LOCATION,
+    CACHE_CONTROL,
+    ETAG,
+    LAST_MODIFIED,
+    CONTENT_LENGTH,
+    CONTENT_LANGUAGE,
+    CONTENT_ENCODING,
+    CONTENT_LOCATION,
+    CONTENT_DISPOSITION,
+    VARY,
+    EXPIRES,
+    LINK,
+    RETRY_AFTER,
+    ACCESS_CONTROL_ALLOW_ORIGIN,
+];
+
+/// A stored header's name: one of [`KNOWN`], or the bytes written after tag 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Name<'a> {
+    Known(&'static HeaderName),
+    Literal(&'a [u8]),
+}
+
+impl<'a> Name<'a> {
+    pub(super) fn as_bytes(self) -> &'a [u8] {
+        match self {
+            Self::Known(name) => name.as_str().as_bytes(),
+            Self::Literal(bytes) => bytes,
+        }
+    }
+
+    /// The header name; a known one is a copy of a constant, without parsing or allocating.
+    pub(super) fn to_header_name(self) -> Option<HeaderName> {
+        match self {
+            Self::Known(name) => Some(name.clone()),
+            Self::Literal(bytes) => HeaderName::from_bytes(bytes).ok(),
+        }
+    }
+}
+
+/// The tag of a header named `name`: its place in [`KNOWN`] plus one, or 0.
+fn tag(name: &[u8]) -> u8 {
+    KNOWN
+        .iter()
+        .position(|known| known.as_str().as_bytes() == name)
+        // `KNOWN` has fewer than 255 names.
+        .map_or(0, |at| at as u8 + 1)
+}
+
+/// How many bytes a header takes in a block.
+pub(super) fn encoded_len(name: &[u8], value: &[u8]) -> usize {
+    let name_len = match tag(name) {
+        0 => varint_len(name.len()) + name.len(),
+        _ => 0,
+    };
+    1 + name_len + varint_len(value.len()) + value.len()
+}
+
+/// Appends a header to a block.
+pub(super) fn push(block: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    let tag = tag(name);
+    block.push(tag);
+    if tag == 0 {
+        push_varint(block, name.len());
+        block.extend_from_slice(name);
+    }
+    push_varint(block, value.len());
+    block.extend_from_slice(value);
+}
+
+/// The headers of a block, in the order they were pushed. A block this build wrote reads back
+/// whole; reading stops at the first byte that does not fit the layout.
+pub(super) fn headers(block: &[u8]) -> impl Iterator<Item = (Name<'_>, &[u8])> + '_ {
+    let mut rest = block;
+    std::iter::from_fn(move || {
+        let (&tag, after) = rest.split_first()?;
+        rest = after;
+        let name = match tag {
+            0 => Name::Literal(take(&mut rest)?),
+            _ => Name::Known(KNOWN.get(usize::from(tag) - 1)?),
+        };
+        let value = take(&mut rest)?;
+        Some((name, value))
+    })
+}
+
+/// Reads a length and that many bytes from the front of `rest`.
+fn take<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = read_varint(rest)?;
+    let (bytes, after) = rest.split_at_checked(len)?;
+    *rest = after;
+    Some(bytes)
+}
+
+fn varint_len(mut n: usize) -> usize {
+    let mut len = 1;
+    while n >= 0x80 {
+        n >>= 7;
+        len += 1;
+    }
+    len
+}
+
+/// Appends `n` in LEB128: seven bits a byte, low bits first, the high bit set on all but the last.
+fn push_varint(block: &mut Vec<u8>, mut n: usize) {
+    while n >= 0x80 {
+        block.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    block.push(n as u8);
+}
+
+fn read_varint(rest: &mut &[u8]) -> Option<usize> {
+    let mut n = 0usize;
+    for shift in (0..usize::BITS).step_by(7) {
+        let (&byte, after) = rest.split_first()?;
+        *rest = after;
+        n |= usize::from(byte & 0x7f).checked_shl(shift)?;
+        if byte < 0x80 {
+            return Some(n);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block_of(headers: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let mut block = Vec::new();
+        for (name, value) in headers {
+            push(&mut block, name, value);
+        }
+        let expected: usize = headers.iter().map(|(n, v)| encoded_len(n, v)).sum();
+        assert_eq!(block.len(), expected, "encoded_len is what push writes");
+        block
+    }
+
+    #[test]
+    fn known_and_literal_names_read_back_in_order() {
+        let long = vec![b'v'; 70_000];
+        let headers: [(&[u8], &[u8]); 4] = [
+            (b"content-type", b"application/json"),
+            (b"x-request-id", b"req_1"),
+            (b"location", &long),
+            (b"x-empty", b""),
+        ];
+        let block = block_of(&headers);
+        let read: Vec<(Vec<u8>, Vec<u8>)> = super::headers(&block)
+            .map(|(name, value)| (name.as_bytes().to_vec(), value.to_vec()))
+            .collect();
+        let written: Vec<(Vec<u8>, Vec<u8>)> = headers
+            .iter()
+            .map(|(name, value)| (name.to_vec(), value.to_vec()))
+            .collect();
+        assert_eq!(read, written);
+    }
+
+    #[test]
+    fn a_known_name_is_one_byte() {
+        assert_eq!(
+            block_of(&[(b"content-type", b"application/json")]).len(),
+            18
+        );
+        for (at, name) in KNOWN.iter().enumerate() {
+            assert_eq!(usize::from(tag(name.as_str().as_bytes())), at + 1, "{name}");
+            let block = block_of(&[(name.as_str().as_bytes(), b"v")]);
+            let (read, _) = super::headers(&block).next().expect("one header");
+            assert_eq!(read, Name::Known(name));
+            assert_eq!(read.to_header_name().as_ref(), Some(name));
+        }
+    }
+
+    #[test]
+    fn lengths_round_trip_across_byte_boundaries() {
+        for n in [0, 1, 0x7f, 0x80, 0x3fff, 0x4000, 70_000, usize::MAX] {
+            let mut out = Vec::new();
+            push_varint(&mut out, n);
+            assert_eq!(out.len(), varint_len(n), "{n}");
+            let mut rest = &out[..];
+            assert_eq!(read_varint(&mut rest), Some(n), "{n}");
+            assert!(rest.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_cut_or_corrupt_block_stops_reading_without_panicking() {
+        let block = block_of(&[(b"x-a", b"one"), (b"content-type", b"text/plain")]);
+        for cut in 0..block.len() {
+            assert!(super::headers(&block[..cut]).count() <= 1, "cut at {cut}");
+        }
+        // A tag past the known names, and a length that never ends.
+        assert_eq!(super::headers(&[200, 1, b'v']).count(), 0);
+        assert_eq!(super::headers(&[0, 0xff, 0xff, 0xff]).count(), 0);
+        assert_eq!(super::headers(&[0; 0]).count(), 0);
+        let endless = [0x80u8; 16];
+        let mut rest = &endless[..];
+        assert_eq!(read_varint(&mut rest), None);
+    }
+}
