@@ -7,10 +7,14 @@
 //!   it does in a service that has run for a while. It is the process-wide configuration
 //!   (`Idempotency::install`), so the route has no layer;
 //! - `POST /roomy/charges`: the same again on a store of 4 GiB that the load never fills, as an
-//!   `Extension` layer of its own route.
+//!   `Extension` layer of its own route;
+//! - `POST /busy/charges`: a control, the plain handler that also spins on the CPU for
+//!   `LOAD_BUSY_MICROS` (default 11 µs, about what a first execution adds in process, bench 1)
+//!   and touches no memory: what a handler that costs that much more does to the server's CPU per
+//!   request over HTTP, the kernel's share included.
 //!
-//! Environment: `LOAD_ADDR` (default `127.0.0.1:3917`). It prints `listening on ADDR` once it
-//! accepts connections.
+//! Environment: `LOAD_ADDR` (default `127.0.0.1:3917`), `LOAD_BUSY_MICROS`. It prints
+//! `listening on ADDR` once it accepts connections.
 //!
 //! Built and started by `scripts/load.sh`; `cargo bench --bench load_server` runs it by hand.
 
@@ -19,8 +23,9 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -66,6 +71,21 @@ async fn plain_charge(
     ledger.charge(charge)
 }
 
+/// How long `/busy/charges` spins.
+static BUSY: OnceLock<Duration> = OnceLock::new();
+
+async fn busy_charge(
+    State(ledger): State<Ledger>,
+    Json(charge): Json<NewCharge>,
+) -> (StatusCode, Json<Charge>) {
+    let busy = *BUSY.get().expect("set before serving");
+    let started = Instant::now();
+    while started.elapsed() < busy {
+        std::hint::spin_loop();
+    }
+    ledger.charge(charge)
+}
+
 #[idempotent(post)]
 async fn idempotent_charge(
     State(ledger): State<Ledger>,
@@ -76,6 +96,12 @@ async fn idempotent_charge(
 
 fn main() {
     let addr = std::env::var("LOAD_ADDR").unwrap_or_else(|_| "127.0.0.1:3917".to_owned());
+    let busy = std::env::var("LOAD_BUSY_MICROS").map_or(11, |micros| {
+        micros
+            .parse()
+            .expect("LOAD_BUSY_MICROS is a whole number of microseconds")
+    });
+    BUSY.set(Duration::from_micros(busy)).expect("set once");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -110,6 +136,7 @@ fn main() {
         };
         let app = Router::new()
             .route("/plain/charges", post(plain_charge))
+            .route("/busy/charges", post(busy_charge))
             // The process-wide configuration: no layer.
             .route("/full/charges", post(idempotent_charge))
             .route(

@@ -7,7 +7,10 @@
 #   first   POST /full/charges with a fresh key on every request, on a store kept at its bound
 #           (every first execution evicts a record);
 #   roomy   POST /roomy/charges with a fresh key on every request, on a store far from its bound;
-#   replay  POST /full/charges with one key over and over.
+#   replay  POST /full/charges with one key over and over;
+#   busy    POST /busy/charges: a control, the plain handler spinning LOAD_BUSY_MICROS (default
+#           11) on the CPU, touching no memory: how the server's CPU per request, the kernel's
+#           included, grows with a handler's own cost alone.
 #
 #   scripts/load.sh                  # 3 rounds of 10 s per mode
 #   ROUNDS=5 DURATION=20s CONNECTIONS=32 scripts/load.sh
@@ -26,7 +29,7 @@ CONNECTIONS=${CONNECTIONS:-16}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 PORT=${PORT:-3917}
-MODES=(plain first roomy replay)
+MODES=(plain first roomy replay busy)
 
 for tool in wrk taskset; do
     command -v "$tool" >/dev/null || { echo "load.sh needs $tool" >&2; exit 1; }
