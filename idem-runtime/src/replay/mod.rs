@@ -294,8 +294,9 @@ impl StoredResponse {
                 len: self.body_len(),
             });
         }
-        // Sized for the stored headers and the replay mark at once.
-        let mut headers = self.to_map(1);
+        // Sized for the stored headers, the replay mark, and the `Content-Length` that axum adds
+        // to a body of known length, so that the map never grows.
+        let mut headers = self.to_map(2);
         headers.insert(REPLAYED, HeaderValue::from_static("true"));
         let body = self.data.slice(self.headers_len as usize..);
         let mut response = Response::new(Body::from(body));
