@@ -54,6 +54,25 @@ impl FingerprintInput for Counted {
     }
 }
 
+/// A body extractor that does not claim to be determined by the request's bytes (it could check
+/// a signature header, say): `Counted`, without `FROM_REQUEST_BYTES`.
+struct Checked(Value);
+
+impl<S: Send + Sync> FromRequest<S> for Checked {
+    type Rejection = JsonRejection;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, JsonRejection> {
+        let Counted(value) = Counted::from_request(request, state).await?;
+        Ok(Self(value))
+    }
+}
+
+impl FingerprintInput for Checked {
+    fn fingerprint(&self, fp: &mut Fingerprinter) {
+        fp.value(&self.0);
+    }
+}
+
 /// The `X-Customer` header: an input the request's bytes do not cover.
 struct Customer(String);
 
@@ -101,6 +120,15 @@ async fn charge_customer(
 }
 
 #[idempotent(post)]
+async fn checked_charge(State(probe): State<Probe>, Checked(charge): Checked) -> impl IntoResponse {
+    let run = probe.run();
+    (
+        StatusCode::CREATED,
+        format!("{{\"run\":{run},\"amount\":{}}}", charge["amount"]),
+    )
+}
+
+#[idempotent(post)]
 async fn raw_upload(State(probe): State<Probe>, body: Bytes) -> impl IntoResponse {
     probe.run();
     (StatusCode::CREATED, format!("{} bytes", body.len()))
@@ -111,6 +139,7 @@ fn router(probe: &Probe) -> Router {
         Router::new()
             .route("/charges", post(create_charge))
             .route("/customer-charges", post(charge_customer))
+            .route("/checked-charges", post(checked_charge))
             .route(
                 "/uploads",
                 post(raw_upload).layer(DefaultBodyLimit::max(16)),
@@ -213,6 +242,39 @@ async fn an_input_outside_the_request_bytes_keeps_retries_on_the_full_path() {
     assert!(retry.is_replay());
     assert_eq!(retry.body, first.body);
     assert_eq!(extractions("exact-4"), 3, "every body was parsed");
+    assert_eq!(probe.runs(), 1);
+}
+
+#[tokio::test]
+async fn a_last_input_outside_the_request_bytes_is_extracted_again_on_a_retry() {
+    let probe = Probe::default();
+    let app = router(&probe);
+    let body = r#"{"amount":9}"#;
+
+    let first = send(
+        &app,
+        post_request("/checked-charges", Some("exact-7"), body),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    for _ in 0..2 {
+        let retry = send(
+            &app,
+            post_request("/checked-charges", Some("exact-7"), body),
+        )
+        .await;
+        assert!(retry.is_replay(), "replayed through the claim");
+        assert_eq!(retry.body, first.body);
+    }
+    assert_eq!(extractions("exact-7"), 3, "every body was parsed");
+    assert_eq!(probe.runs(), 1);
+
+    let other = send(
+        &app,
+        post_request("/checked-charges", Some("exact-7"), r#"{"amount":10}"#),
+    )
+    .await;
+    other.assert_problem(422, "key-reused");
     assert_eq!(probe.runs(), 1);
 }
 

@@ -24,6 +24,7 @@
 //! Applications use this crate through the `idem` facade, which re-exports it together with the
 //! `#[idempotent]` attribute.
 
+mod collect;
 pub mod config;
 mod execute;
 pub mod fingerprint;

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::future::Either;
 use http::request::Parts;
 
-use super::body::{self, BufferBody, Last};
+use super::body::{self, Last, Peek};
 use super::handler::produce;
 use super::prepare::{KeyRejection, Prepared, prepare};
 use super::transaction::Offer;
@@ -52,8 +52,8 @@ impl<O: HandlerConfig, S: Send + Sync> FromRequestParts<S> for Context<O> {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, KeyRejection> {
         let request = prepare(parts, &O::OPTIONS)?;
-        if request.is_some() {
-            parts.extensions.insert(BufferBody);
+        if let Some(request) = &request {
+            parts.extensions.insert(Peek::new(request));
         }
         let transaction = Offer::make(
             parts,

@@ -47,7 +47,6 @@ use http::header::{
     TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use http_body_util::BodyExt;
 
 mod block;
 mod codec;
@@ -326,7 +325,7 @@ pub async fn capture(
     max_body_bytes: usize,
 ) -> Result<(Response, StoredResponse), axum::Error> {
     let (parts, body) = response.into_parts();
-    let bytes = body.collect().await?.to_bytes();
+    let bytes = crate::collect::to_bytes(body).await?;
     let kept = (bytes.len() <= max_body_bytes).then_some(&bytes[..]);
     let stored = StoredResponse::with_body(parts.status, &parts.headers, kept, bytes.len() as u64);
     Ok((Response::from_parts(parts, Body::from(bytes)), stored))
