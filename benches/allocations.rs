@@ -33,47 +33,18 @@ use http::{HeaderValue, Request};
 use http_body_util::BodyExt;
 use idem::config::Idempotency;
 use idem::store::MemoryStore;
-use serde::{Deserialize, Serialize};
 use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 use tower::ServiceExt;
+
+mod support;
+
+use support::{NewCharge, Receipt, charge};
 
 #[global_allocator]
 static HEAP: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-/// A charge with line items, as in the `handler` bench.
-#[derive(Serialize, Deserialize)]
-struct NewCharge {
-    amount: u64,
-    currency: String,
-    customer: String,
-    description: String,
-    items: Vec<Item>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Item {
-    sku: String,
-    quantity: u32,
-    unit_price: u64,
-}
-
-#[derive(Serialize)]
-struct Receipt {
-    id: &'static str,
-    amount: u64,
-    items: usize,
-}
-
-/// A 100-byte charge with one line item.
+/// A 100-byte charge, without line items.
 const BODY: &str = r#"{"amount":1999,"currency":"eur","customer":"cus_4fQx9Lb2","description":"xxxxxxxxxxxxxx","items":[]}"#;
-
-async fn charge(Json(request): Json<NewCharge>) -> Json<Receipt> {
-    Json(Receipt {
-        id: "ch_1",
-        amount: request.amount,
-        items: request.items.len(),
-    })
-}
 
 #[idem::idempotent(post)]
 async fn idempotent_charge(body: Json<NewCharge>) -> Json<Receipt> {

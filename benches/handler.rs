@@ -47,35 +47,12 @@ use http_body_util::BodyExt;
 use idem::config::Idempotency;
 use idem::store::{ClaimToken, Completed, IdempotencyStore, MemoryStore, StoreKey};
 use moka::policy::EvictionPolicy;
-use serde::{Deserialize, Serialize};
 use tokio::runtime::Runtime;
 use tower::ServiceExt;
 
 mod support;
 
-/// A charge with line items: the request body, grown to the size under test.
-#[derive(Serialize, Deserialize)]
-struct NewCharge {
-    amount: u64,
-    currency: String,
-    customer: String,
-    description: String,
-    items: Vec<Item>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Item {
-    sku: String,
-    quantity: u32,
-    unit_price: u64,
-}
-
-#[derive(Serialize)]
-struct Receipt {
-    id: &'static str,
-    amount: u64,
-    items: usize,
-}
+use support::{Item, NewCharge, Receipt, charge};
 
 /// A JSON body of exactly `size` bytes: line items up to the size, the description pads the rest.
 fn body(size: usize) -> Bytes {
@@ -108,15 +85,6 @@ fn body(size: usize) -> Bytes {
     let bytes = serde_json::to_vec(&charge).expect("serializable");
     assert_eq!(bytes.len(), size);
     Bytes::from(bytes)
-}
-
-/// The trivial handler: reads the charge, answers a small receipt.
-async fn charge(Json(request): Json<NewCharge>) -> Json<Receipt> {
-    Json(Receipt {
-        id: "ch_1",
-        amount: request.amount,
-        items: request.items.len(),
-    })
 }
 
 /// The same handler with idempotency.

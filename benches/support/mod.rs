@@ -1,18 +1,53 @@
-//! What the benchmarks of this directory share: a store filled to its bound before a run, so that
-//! every first execution of the run evicts a record, as it does in a service that has run for a
-//! while.
+//! What the benchmarks of this directory share: the trivial charge handler the in-process benches
+//! mount, and a store filled to its bound before a run, so that every first execution of the run
+//! evicts a record, as it does in a service that has run for a while.
 
 #![allow(dead_code, unreachable_pub)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Json;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use idem::fingerprint::{Fingerprint, RequestDigest};
 use idem::key::IdempotencyKey;
 use idem::replay::StoredResponse;
 use idem::scope::Scope;
 use idem::store::{ClaimToken, Completed, IdempotencyStore, MemoryStore, StoreKey};
+use serde::{Deserialize, Serialize};
+
+/// A charge with line items: the request body.
+#[derive(Serialize, Deserialize)]
+pub struct NewCharge {
+    pub amount: u64,
+    pub currency: String,
+    pub customer: String,
+    pub description: String,
+    pub items: Vec<Item>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Item {
+    pub sku: String,
+    pub quantity: u32,
+    pub unit_price: u64,
+}
+
+#[derive(Serialize)]
+pub struct Receipt {
+    pub id: &'static str,
+    pub amount: u64,
+    pub items: usize,
+}
+
+/// The trivial handler: reads the charge, answers a small receipt.
+pub async fn charge(Json(request): Json<NewCharge>) -> Json<Receipt> {
+    Json(Receipt {
+        id: "ch_1",
+        amount: request.amount,
+        items: request.items.len(),
+    })
+}
 
 /// A completed record like the one a JSON handler leaves: `status`, a JSON content type, `body`,
 /// and the digest of an exact request.
