@@ -30,7 +30,6 @@ use axum::body::Body;
 use axum::routing::post;
 use axum::{Json, Router};
 use http::{HeaderValue, Request};
-use http_body_util::BodyExt;
 use idem::config::Idempotency;
 use idem::store::MemoryStore;
 use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
@@ -135,13 +134,7 @@ impl Bench {
             let (router, request) = self.request(way);
             let before = HEAP.stats();
             let response = router.oneshot(request).await.expect("infallible");
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .expect("body")
-                .to_bytes();
-            black_box(body);
+            black_box(support::read_body(response).await);
             let after = HEAP.stats();
             allocations += after.allocations - before.allocations;
             bytes += after.bytes_allocated - before.bytes_allocated;

@@ -43,7 +43,6 @@ use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use http::{HeaderValue, Request, StatusCode};
-use http_body_util::BodyExt;
 use idem::config::Idempotency;
 use idem::store::{ClaimToken, Completed, IdempotencyStore, MemoryStore, StoreKey};
 use moka::policy::EvictionPolicy;
@@ -254,13 +253,7 @@ impl Bench {
             .expect("infallible");
         let status = response.status();
         let replayed = response.headers().contains_key("idempotent-replayed");
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        black_box(body);
+        black_box(support::read_body(response).await);
         (status, replayed)
     }
 

@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use http::{HeaderMap, HeaderValue, StatusCode};
+use axum::body::Body;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http_body_util::BodyExt;
 use idem::fingerprint::{Fingerprint, RequestDigest};
 use idem::key::IdempotencyKey;
 use idem::replay::StoredResponse;
@@ -47,6 +50,16 @@ pub async fn charge(Json(request): Json<NewCharge>) -> Json<Receipt> {
         amount: request.amount,
         items: request.items.len(),
     })
+}
+
+/// The body of `response`, read to its end, as a client would.
+pub async fn read_body(response: Response<Body>) -> Bytes {
+    response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
 }
 
 /// A completed record like the one a JSON handler leaves: `status`, a JSON content type, `body`,

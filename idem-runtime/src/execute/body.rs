@@ -7,7 +7,7 @@ use std::task::{self, Poll};
 
 use axum::RequestExt as _;
 use axum::body::Body;
-use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::FutureExt as _;
@@ -15,7 +15,7 @@ use futures_util::future::{BoxFuture, Either};
 use http::request::Parts;
 
 use super::claim::replay;
-use super::prepare::Prepared;
+use super::prepare::{Prepared, request_line};
 use crate::fingerprint::{FingerprintInput, RequestDigest};
 use crate::store::{Completed, IdempotencyStore, StoreKey};
 
@@ -172,20 +172,12 @@ where
             return Read::Extract(Request::from_parts(parts, failed), None);
         }
     };
-    let digest = RequestDigest::new(
-        &parts.method,
-        parts
-            .extensions
-            .get::<MatchedPath>()
-            .map(MatchedPath::as_str),
-        parts.uri.path(),
-        parts.uri.query(),
-        parts
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .map(http::HeaderValue::as_bytes),
-        &body,
-    );
+    let (method, route, path, query) = request_line(&parts);
+    let content_type = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .map(http::HeaderValue::as_bytes);
+    let digest = RequestDigest::new(method, route, path, query, content_type, &body);
     if let Some(completed) = peek.store.peek(&peek.key)
         && completed.request_digest == Some(digest)
     {

@@ -63,15 +63,8 @@ pub(super) fn prepare(
         Some(scope) => scope(parts),
         None => config.scope_source().scope(parts),
     };
-    let fingerprint = Fingerprinter::new(
-        &parts.method,
-        parts
-            .extensions
-            .get::<MatchedPath>()
-            .map(MatchedPath::as_str),
-        parts.uri.path(),
-        parts.uri.query(),
-    );
+    let (method, route, path, query) = request_line(parts);
+    let fingerprint = Fingerprinter::new(method, route, path, query);
     Ok(Some(Box::new(Prepared {
         config: config.clone(),
         settings,
@@ -81,6 +74,20 @@ pub(super) fn prepare(
         digest: None,
         route: Route::of(parts),
     })))
+}
+
+/// The request line as the fingerprint and the exact digest read it: the method, the route
+/// template the router matched (if any), the path and the query.
+pub(super) fn request_line(parts: &Parts) -> (&http::Method, Option<&str>, &str, Option<&str>) {
+    (
+        &parts.method,
+        parts
+            .extensions
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str),
+        parts.uri.path(),
+        parts.uri.query(),
+    )
 }
 
 fn reject_key(
