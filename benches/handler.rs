@@ -44,14 +44,13 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use http::{HeaderValue, Request, StatusCode};
 use idem::config::Idempotency;
-use idem::store::{ClaimToken, Completed, IdempotencyStore, MemoryStore, StoreKey};
-use moka::policy::EvictionPolicy;
+use idem::store::MemoryStore;
 use tokio::runtime::Runtime;
 use tower::ServiceExt;
 
 mod support;
 
-use support::{Item, NewCharge, Receipt, charge};
+use support::{Item, NewCharge, Receipt, Split, charge};
 
 /// A JSON body of exactly `size` bytes: line items up to the size, the description pads the rest.
 fn body(size: usize) -> Bytes {
@@ -127,25 +126,21 @@ impl Way {
     }
 }
 
-/// A bare moka cache configured as the store's: what the store's records cost moka alone.
-type BareCache = moka::sync::Cache<StoreKey, (Arc<Completed>, u64), foldhash::quality::RandomState>;
-
 /// The store of the `first`, `replay` and `no_key` ways, shared by every body size: filled to its
 /// bound once, with records like the handler's answer, and installed as the process-wide
-/// configuration (`Idempotency::install`), so that their router needs no `Extension` layer. Also
-/// returns how many records it was filled with.
-fn full_store(receipt: &'static [u8]) -> (MemoryStore, u64) {
-    static FULL: std::sync::OnceLock<(MemoryStore, u64)> = std::sync::OnceLock::new();
+/// configuration (`Idempotency::install`), so that their router needs no `Extension` layer.
+fn full_store(receipt: &'static [u8]) -> MemoryStore {
+    static FULL: std::sync::OnceLock<MemoryStore> = std::sync::OnceLock::new();
     FULL.get_or_init(|| {
         let store = MemoryStore::default();
-        let n = support::prefill(&store, StatusCode::OK, receipt);
+        support::prefill(&store, StatusCode::OK, receipt);
         Idempotency::builder()
             .store(store.clone())
             .build()
             .expect("defaults are valid")
             .install()
             .expect("installed once");
-        (store, n)
+        store
     })
     .clone()
 }
@@ -156,10 +151,8 @@ struct Bench {
     plain: Router,
     idempotent: Router,
     roomy: Router,
-    store: MemoryStore,
-    bare: BareCache,
-    /// The handler's answer, for the records of the `store` and `moka` ways.
-    receipt: &'static [u8],
+    /// The `store` and `moka` ways.
+    split: Split,
     body: Bytes,
     next_key: Arc<AtomicU64>,
 }
@@ -184,21 +177,7 @@ impl Bench {
         })
         .expect("serializable");
         let receipt: &'static [u8] = Box::leak(receipt.into_boxed_slice());
-        let (store, n) = full_store(receipt);
-        // The bare cache weighs each record as the store does, and holds as many.
-        let weight = u32::try_from(store.weighted_size() / store.entry_count()).expect("small");
-        let bare: BareCache = moka::sync::Cache::builder()
-            .max_capacity(store.max_bytes())
-            .weigher(move |_, _| weight)
-            .eviction_policy(EvictionPolicy::lru())
-            .build_with_hasher(foldhash::quality::RandomState::default());
-        for i in 0..n {
-            bare.insert(
-                support::prefill_key(i),
-                (support::record(StatusCode::OK, receipt), 0),
-            );
-        }
-        bare.run_pending_tasks();
+        let split = Split::new(full_store(receipt), receipt);
         Self {
             plain: Router::new().route("/charges", post(charge)),
             // The full store is the process-wide configuration: no layer.
@@ -206,9 +185,7 @@ impl Bench {
             roomy: Router::new()
                 .route("/charges", post(idempotent_charge))
                 .layer(layer(MemoryStore::builder().max_bytes(4 << 30).build())),
-            store,
-            bare,
-            receipt,
+            split,
             body,
             next_key: Arc::new(AtomicU64::new(1 << 40)),
         }
@@ -257,27 +234,6 @@ impl Bench {
         (status, replayed)
     }
 
-    /// What a first execution asks of the full store: a claim and a completion of a fresh key,
-    /// with a record of its own like the handler's.
-    fn store_once(&self) {
-        let now = self.store.immediate().expect("answers at once");
-        let key = support::prefill_key(self.fresh_key());
-        let token = ClaimToken::random();
-        let lease = Duration::from_secs(15);
-        let completed = support::record(StatusCode::OK, self.receipt);
-        let claim = now.claim_now(&key, &completed.fingerprint, token, lease);
-        black_box(claim.expect("claim"));
-        let done = now.complete_now(&key, token, completed, Duration::from_secs(86_400));
-        black_box(done.expect("complete"));
-    }
-
-    /// Moka's own insertion of a record like the handler's into the bare cache, at its bound.
-    fn moka_once(&self) {
-        let key = support::prefill_key(self.fresh_key());
-        let completed = support::record(StatusCode::OK, self.receipt);
-        self.bare.insert(key, (completed, u64::MAX));
-    }
-
     /// `iters` of the given way inside a task of the runtime (as a server would run them); the
     /// wall time they took.
     fn run(&self, runtime: &Runtime, way: Way, iters: u64) -> Duration {
@@ -287,8 +243,8 @@ impl Bench {
                 let start = Instant::now();
                 for _ in 0..iters {
                     match way {
-                        Way::Store => bench.store_once(),
-                        Way::Moka => bench.moka_once(),
+                        Way::Store => bench.split.store_once(),
+                        Way::Moka => bench.split.moka_once(),
                         _ => {
                             black_box(bench.once(way).await);
                         }

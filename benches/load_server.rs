@@ -11,7 +11,13 @@
 //! - `POST /busy/charges`: a control, the plain handler that also spins on the CPU for
 //!   `LOAD_BUSY_MICROS` (default 11 µs, about what a first execution adds in process, bench 1)
 //!   and touches no memory: what a handler that costs that much more does to the server's CPU per
-//!   request over HTTP, the kernel's share included.
+//!   request over HTTP, the kernel's share included;
+//! - `POST /store/charges` and `POST /moka/charges`: two more controls, the plain handler that
+//!   also makes what a first execution asks of the full store (a claim and a completion of a
+//!   fresh key, with a record like the handler's), or only moka's own insertion of such a record
+//!   into a bare moka cache configured as the store's and filled to the same bound. With `plain`
+//!   and `first` they split what a first execution adds over HTTP as bench 1 splits it in
+//!   process: moka's insertion at the bound, the rest of the store, the rest of the layer.
 //!
 //! Environment: `LOAD_ADDR` (default `127.0.0.1:3917`), `LOAD_BUSY_MICROS`. It prints
 //! `listening on ADDR` once it accepts connections.
@@ -71,6 +77,29 @@ async fn plain_charge(
     ledger.charge(charge)
 }
 
+/// What `/store/charges` and `/moka/charges` add to the plain handler.
+static SPLIT: OnceLock<support::Split> = OnceLock::new();
+
+fn split() -> &'static support::Split {
+    SPLIT.get().expect("set before serving")
+}
+
+async fn store_charge(
+    State(ledger): State<Ledger>,
+    Json(charge): Json<NewCharge>,
+) -> (StatusCode, Json<Charge>) {
+    split().store_once();
+    ledger.charge(charge)
+}
+
+async fn moka_charge(
+    State(ledger): State<Ledger>,
+    Json(charge): Json<NewCharge>,
+) -> (StatusCode, Json<Charge>) {
+    split().moka_once();
+    ledger.charge(charge)
+}
+
 /// How long `/busy/charges` spins.
 static BUSY: OnceLock<Duration> = OnceLock::new();
 
@@ -109,16 +138,16 @@ fn main() {
         .expect("runtime");
     runtime.block_on(async move {
         let full = MemoryStore::default();
-        let n = support::prefill(
-            &full,
-            StatusCode::CREATED,
-            br#"{"id":"ch_1000000","amount":1999,"currency":"eur"}"#,
-        );
+        let receipt = br#"{"id":"ch_1000000","amount":1999,"currency":"eur"}"#;
+        let n = support::prefill(&full, StatusCode::CREATED, receipt);
         println!(
             "prefilled {n} records, {} bytes of {}",
             full.weighted_size(),
             full.max_bytes()
         );
+        SPLIT
+            .set(support::Split::new(full.clone(), receipt))
+            .unwrap_or_else(|_| unreachable!("set once"));
         Idempotency::builder()
             .store(full)
             .build()
@@ -137,6 +166,8 @@ fn main() {
         let app = Router::new()
             .route("/plain/charges", post(plain_charge))
             .route("/busy/charges", post(busy_charge))
+            .route("/store/charges", post(store_charge))
+            .route("/moka/charges", post(moka_charge))
             // The process-wide configuration: no layer.
             .route("/full/charges", post(idempotent_charge))
             .route(

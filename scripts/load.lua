@@ -1,8 +1,10 @@
--- wrk script for scripts/load.sh: POST a charge to benches/load_server.rs, in one of five modes
+-- wrk script for scripts/load.sh: POST a charge to benches/load_server.rs, in one of seven modes
 -- given as the script's first argument, with a name for this run's keys as the second
 -- (`wrk ... -s scripts/load.lua -- MODE RUN`):
 --   plain   /plain/charges, the handler without the attribute, no key;
 --   busy    /busy/charges, the plain handler spinning a fixed time on the CPU, no key;
+--   store   /store/charges, the plain handler plus a claim and a completion on the full store;
+--   moka    /moka/charges, the plain handler plus moka's own insertion at the bound;
 --   first   /full/charges, a key never sent before on every request: claim, run, store;
 --   roomy   /roomy/charges, the same on a store far from its bound;
 --   replay  /full/charges, the same key on every request: the stored answer is replayed.
@@ -22,8 +24,8 @@ function init(args)
       wrk.path = "/full/charges"
    elseif mode == "roomy" then
       wrk.path = "/roomy/charges"
-   elseif mode == "busy" then
-      wrk.path = "/busy/charges"
+   elseif mode == "busy" or mode == "store" or mode == "moka" then
+      wrk.path = "/" .. mode .. "/charges"
    end
    -- Keys of separate runs must never meet: each run names its own.
    prefix = "load-" .. (args[2] or tostring(os.time())) .. "-"

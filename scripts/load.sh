@@ -29,7 +29,7 @@ CONNECTIONS=${CONNECTIONS:-16}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 PORT=${PORT:-3917}
-MODES=(plain first roomy replay busy)
+MODES=(plain first roomy replay busy store moka)
 
 for tool in wrk taskset; do
     command -v "$tool" >/dev/null || { echo "load.sh needs $tool" >&2; exit 1; }
@@ -104,3 +104,11 @@ for mode in "${MODES[@]}"; do
     awk -v m="$mode" -v r="$r" -v br="$base_r" -v p="$p" -v bp="$base_p" -v c="$c" -v bc="$base_c" \
         'BEGIN { printf "%-7s %12.0f %7.2fx %10.0f %7.2fx %14.2f %7.2fx\n", m, r, r / br, p, p / bp, c, c / bc }'
 done
+
+# The split, from the medians: what a first execution adds to a plain request's server CPU.
+first_c=$(median <<<"${cpu[first]}")
+store_c=$(median <<<"${cpu[store]}")
+moka_c=$(median <<<"${cpu[moka]}")
+awk -v p="$base_c" -v f="$first_c" -v s="$store_c" -v m="$moka_c" 'BEGIN {
+    printf "\nfirst adds %.2f µs of server CPU to plain: the store'"'"'s claim and completion %.2f µs, of which moka'"'"'s insertion %.2f µs; the rest of the layer %.2f µs. Without moka'"'"'s insertion, first would be %.2fx plain.\n", f - p, s - p, m - p, f - s, (f - (m - p)) / p
+}'

@@ -1,10 +1,12 @@
 //! What the benchmarks of this directory share: the trivial charge handler the in-process benches
-//! mount, and a store filled to its bound before a run, so that every first execution of the run
-//! evicts a record, as it does in a service that has run for a while.
+//! mount, a store filled to its bound before a run, so that every first execution of the run
+//! evicts a record, as it does in a service that has run for a while, and the two operations
+//! that split what a first execution adds ([`Split`]).
 
 #![allow(dead_code, unreachable_pub)]
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Json;
@@ -17,6 +19,7 @@ use idem::key::IdempotencyKey;
 use idem::replay::StoredResponse;
 use idem::scope::Scope;
 use idem::store::{ClaimToken, Completed, IdempotencyStore, MemoryStore, StoreKey};
+use moka::policy::EvictionPolicy;
 use serde::{Deserialize, Serialize};
 
 /// A charge with line items: the request body.
@@ -107,4 +110,70 @@ pub fn prefill(store: &MemoryStore, status: StatusCode, body: &'static [u8]) -> 
         }
     }
     n
+}
+
+/// A bare moka cache configured as the store's: what the store's records cost moka alone.
+pub type BareCache =
+    moka::sync::Cache<StoreKey, (Arc<Completed>, u64), foldhash::quality::RandomState>;
+
+/// What a first execution asks of a full store, without a request around it: the two operations
+/// that split what a first execution adds to a plain request into moka's own insertion at the
+/// bound, the rest of the store, and the rest of the layer.
+#[derive(Clone)]
+pub struct Split {
+    store: MemoryStore,
+    bare: BareCache,
+    /// The handler's answer, for the records both operations keep.
+    receipt: &'static [u8],
+    next_key: Arc<AtomicU64>,
+}
+
+impl Split {
+    /// The split for `store`, full and filled with records of `receipt`: a bare cache beside it,
+    /// weighing each record as the store does and filled with as many.
+    pub fn new(store: MemoryStore, receipt: &'static [u8]) -> Self {
+        let records = store.entry_count();
+        let weight = u32::try_from(store.weighted_size() / records.max(1)).expect("small");
+        let bare: BareCache = moka::sync::Cache::builder()
+            .max_capacity(store.max_bytes())
+            .weigher(move |_, _| weight)
+            .eviction_policy(EvictionPolicy::lru())
+            .build_with_hasher(foldhash::quality::RandomState::default());
+        for i in 0..records {
+            bare.insert(prefill_key(i), (record(StatusCode::OK, receipt), 0));
+        }
+        bare.run_pending_tasks();
+        Self {
+            store,
+            bare,
+            receipt,
+            // Past every key the prefill used.
+            next_key: Arc::new(AtomicU64::new(1 << 40)),
+        }
+    }
+
+    fn fresh_key(&self) -> StoreKey {
+        prefill_key(self.next_key.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// A claim and a completion of a fresh key on the store, with a record of its own like the
+    /// handler's.
+    pub fn store_once(&self) {
+        let now = self.store.immediate().expect("answers at once");
+        let key = self.fresh_key();
+        let token = ClaimToken::random();
+        let lease = Duration::from_secs(15);
+        let completed = record(StatusCode::OK, self.receipt);
+        let claim = now.claim_now(&key, &completed.fingerprint, token, lease);
+        std::hint::black_box(claim.expect("claim"));
+        let done = now.complete_now(&key, token, completed, Duration::from_secs(86_400));
+        std::hint::black_box(done.expect("complete"));
+    }
+
+    /// Moka's own insertion of a record like the handler's into the bare cache, at its bound.
+    pub fn moka_once(&self) {
+        let key = self.fresh_key();
+        let completed = record(StatusCode::OK, self.receipt);
+        self.bare.insert(key, (completed, u64::MAX));
+    }
 }
