@@ -11,6 +11,10 @@
 //! - `roomy`: the same on a store of 4 GiB that the run never fills, installed with an
 //!   `Extension` layer (the full store is the process-wide configuration, so its routes have
 //!   none: the layer costs `roomy` about a fifth of `plain` more);
+//! - `forget`: the same as `first`, on the same store, under keys whose completion the store
+//!   forgets ([`support::Forgetting`]): the first execution without moka's insertion of its record
+//!   and without what the insertion causes later (an eviction, a deferred free, the rebuilds of
+//!   moka's table); every other step is the same;
 //! - `replay`: the idempotent handler with the same key every request (the stored answer);
 //! - `no_key`: the idempotent handler without a key (it just runs);
 //! - `store`: no request, only what a first execution asks of the full store: a claim and a
@@ -18,8 +22,9 @@
 //! - `moka`: no store either, only moka's own insertion of such a record into a bare moka cache
 //!   configured as the store's (LRU, weighed as the store weighs) and filled to the same bound.
 //!
-//! The last two split what `first` adds to `plain` into moka's insertion at the bound, the rest of
-//! the store, and the rest of the layer.
+//! `forget` splits what `first` adds to `plain` in place: moka's insertion with all it causes, and
+//! everything else. The last two split it again outside a request, into moka's insertion at the
+//! bound, the rest of the store, and the rest of the layer.
 //!
 //! Request bodies of 100 B, 10 KiB and 1 MiB. After criterion's own report, the bench measures
 //! the ways side by side — interleaved rounds, so that a noisy neighbour slows all of them alike —
@@ -50,7 +55,7 @@ use tower::ServiceExt;
 
 mod support;
 
-use support::{Item, NewCharge, Receipt, Split, charge};
+use support::{FORGET, Forgetting, Item, NewCharge, Receipt, Split, charge};
 
 /// A JSON body of exactly `size` bytes: line items up to the size, the description pads the rest.
 fn body(size: usize) -> Bytes {
@@ -95,6 +100,7 @@ async fn idempotent_charge(body: Json<NewCharge>) -> Json<Receipt> {
 enum Way {
     Plain,
     First,
+    Forget,
     Roomy,
     Replay,
     NoKey,
@@ -103,9 +109,10 @@ enum Way {
 }
 
 impl Way {
-    const ALL: [Way; 7] = [
+    const ALL: [Way; 8] = [
         Way::Plain,
         Way::First,
+        Way::Forget,
         Way::Roomy,
         Way::Replay,
         Way::NoKey,
@@ -117,6 +124,7 @@ impl Way {
         match self {
             Way::Plain => "plain",
             Way::First => "first",
+            Way::Forget => "forget",
             Way::Roomy => "roomy",
             Way::Replay => "replay",
             Way::NoKey => "no_key",
@@ -126,16 +134,17 @@ impl Way {
     }
 }
 
-/// The store of the `first`, `replay` and `no_key` ways, shared by every body size: filled to its
-/// bound once, with records like the handler's answer, and installed as the process-wide
-/// configuration (`Idempotency::install`), so that their router needs no `Extension` layer.
+/// The store of the `first`, `forget`, `replay` and `no_key` ways, shared by every body size:
+/// filled to its bound once, with records like the handler's answer, and installed as the
+/// process-wide configuration (`Idempotency::install`), so that their router needs no `Extension`
+/// layer. It is installed inside [`Forgetting`], which forgets the completions of `forget`'s keys.
 fn full_store(receipt: &'static [u8]) -> MemoryStore {
     static FULL: std::sync::OnceLock<MemoryStore> = std::sync::OnceLock::new();
     FULL.get_or_init(|| {
         let store = MemoryStore::default();
         support::prefill(&store, StatusCode::OK, receipt);
         Idempotency::builder()
-            .store(store.clone())
+            .store(Forgetting(store.clone()))
             .build()
             .expect("defaults are valid")
             .install()
@@ -212,12 +221,18 @@ impl Bench {
             Way::Plain => (&self.plain, None),
             Way::NoKey => (&self.idempotent, None),
             Way::Replay => (&self.idempotent, Some(HeaderValue::from_static("replayed"))),
-            Way::First | Way::Roomy => {
-                let key = HeaderValue::from_str(&format!("key-{}", self.fresh_key()));
-                let router = if way == Way::First {
-                    &self.idempotent
+            Way::First | Way::Forget | Way::Roomy => {
+                // Keys of the same length either way: both prefixes are seven characters.
+                let prefix = if way == Way::Forget {
+                    FORGET
                 } else {
+                    "charge-"
+                };
+                let key = HeaderValue::from_str(&format!("{prefix}{}", self.fresh_key()));
+                let router = if way == Way::Roomy {
                     &self.roomy
+                } else {
+                    &self.idempotent
                 };
                 (router, Some(key.expect("ascii")))
             }
@@ -272,6 +287,19 @@ fn check(runtime: &Runtime, bench: &Bench) {
         assert_eq!(bench.once(Way::Plain).await, (StatusCode::OK, false));
         assert_eq!(bench.once(Way::NoKey).await, (StatusCode::OK, false));
         assert_eq!(bench.once(Way::First).await, (StatusCode::OK, false));
+        assert_eq!(bench.once(Way::Forget).await, (StatusCode::OK, false));
+        // A key `forget` uses is not kept: sent again, it runs again.
+        for _ in 0..2 {
+            let key = HeaderValue::from_str(&format!("{FORGET}checked")).expect("ascii");
+            let response = bench
+                .idempotent
+                .clone()
+                .oneshot(bench.request(Some(key)))
+                .await;
+            let response = response.expect("infallible");
+            assert_eq!(response.status(), StatusCode::OK);
+            assert!(!response.headers().contains_key("idempotent-replayed"));
+        }
         assert_eq!(bench.once(Way::Roomy).await, (StatusCode::OK, false));
         // The first replay request stores the answer; every later one is a replay.
         bench.once(Way::Replay).await;
@@ -390,19 +418,22 @@ fn side_by_side(runtime: &Runtime, quick: bool) {
             let w = Way::ALL.iter().position(|&w| w == way).expect("a way");
             median(&times[w]) * 1e6
         };
-        let (plain, first, store, moka) = (
+        let (plain, first, forget, store, moka) = (
             at(Way::Plain),
             at(Way::First),
+            at(Way::Forget),
             at(Way::Store),
             at(Way::Moka),
         );
         println!(
-            "{label:<6} first at the bound adds {:.2}µs to plain: the store's claim and completion \
-             {store:.2}µs, of which moka's insertion {moka:.2}µs; the rest of the layer {:.2}µs. \
-             Without moka's insertion, first would be {:.2}x plain.",
+            "{label:<6} first at the bound adds {:.2}µs to plain. In place: moka's insertion and \
+             what it causes {:.2}µs (first - forget), the rest {:.2}µs (forget - plain); first \
+             without moka's insertion is {:.2}x plain. Outside a request: the store's claim and \
+             completion {store:.2}µs, of which moka's insertion {moka:.2}µs.",
             first - plain,
-            first - plain - store,
-            (first - moka) / plain,
+            first - forget,
+            forget - plain,
+            forget / plain,
         );
     }
 }
@@ -416,7 +447,7 @@ fn profile(runtime: &Runtime, what: &str) {
     let way = *Way::ALL
         .iter()
         .find(|w| w.name() == way)
-        .expect("a way: plain, first, roomy, replay, no_key, store or moka");
+        .expect("a way: plain, first, forget, roomy, replay, no_key, store or moka");
     let (size, _) = *SIZES
         .iter()
         .find(|(_, l)| *l == label)

@@ -5,7 +5,10 @@
 //! - `POST /full/charges`: the same handler with the attribute, on a `MemoryStore` of the default
 //!   64 MiB filled to its bound before serving, so that every first execution evicts a record, as
 //!   it does in a service that has run for a while. It is the process-wide configuration
-//!   (`Idempotency::install`), so the route has no layer;
+//!   (`Idempotency::install`), so the route has no layer. The store is installed inside
+//!   `support::Forgetting`: a key that starts with `forget-` has its completion forgotten (the
+//!   claim released, nothing kept), so that a first execution under it is one without moka's
+//!   insertion of its record and all that insertion causes, on the same route and store;
 //! - `POST /roomy/charges`: the same again on a store of 4 GiB that the load never fills, as an
 //!   `Extension` layer of its own route;
 //! - `POST /busy/charges`: a control, the plain handler that also spins on the CPU for
@@ -149,7 +152,7 @@ fn main() {
             .set(support::Split::new(full.clone(), receipt))
             .unwrap_or_else(|_| unreachable!("set once"));
         Idempotency::builder()
-            .store(full)
+            .store(support::Forgetting(full))
             .build()
             .expect("valid settings")
             .install()

@@ -1,4 +1,4 @@
--- wrk script for scripts/load.sh: POST a charge to benches/load_server.rs, in one of seven modes
+-- wrk script for scripts/load.sh: POST a charge to benches/load_server.rs, in one of eight modes
 -- given as the script's first argument, with a name for this run's keys as the second
 -- (`wrk ... -s scripts/load.lua -- MODE RUN`):
 --   plain   /plain/charges, the handler without the attribute, no key;
@@ -6,6 +6,8 @@
 --   store   /store/charges, the plain handler plus a claim and a completion on the full store;
 --   moka    /moka/charges, the plain handler plus moka's own insertion at the bound;
 --   first   /full/charges, a key never sent before on every request: claim, run, store;
+--   forget  /full/charges, the same under keys whose completion the store forgets: a first
+--           execution without moka's insertion;
 --   roomy   /roomy/charges, the same on a store far from its bound;
 --   replay  /full/charges, the same key on every request: the stored answer is replayed.
 
@@ -20,7 +22,7 @@ local counter = 0
 
 function init(args)
    mode = args[1] or "plain"
-   if mode == "first" or mode == "replay" then
+   if mode == "first" or mode == "forget" or mode == "replay" then
       wrk.path = "/full/charges"
    elseif mode == "roomy" then
       wrk.path = "/roomy/charges"
@@ -28,14 +30,16 @@ function init(args)
       wrk.path = "/" .. mode .. "/charges"
    end
    -- Keys of separate runs must never meet: each run names its own.
-   prefix = "load-" .. (args[2] or tostring(os.time())) .. "-"
+   -- `forget-` makes the store forget a completion; `charge-` is as long.
+   local kind = mode == "forget" and "forget-" or "charge-"
+   prefix = kind .. (args[2] or tostring(os.time())) .. "-"
    if mode == "replay" then
       wrk.headers["Idempotency-Key"] = prefix .. "replayed"
    end
 end
 
 function request()
-   if mode == "first" or mode == "roomy" then
+   if mode == "first" or mode == "forget" or mode == "roomy" then
       counter = counter + 1
       wrk.headers["Idempotency-Key"] = prefix .. counter
    end

@@ -6,11 +6,17 @@
 #   plain   POST /plain/charges: the handler without the attribute;
 #   first   POST /full/charges with a fresh key on every request, on a store kept at its bound
 #           (every first execution evicts a record);
+#   forget  POST /full/charges with a fresh key on every request, under keys whose completion the
+#           store forgets: the same first execution without moka's insertion of its record;
 #   roomy   POST /roomy/charges with a fresh key on every request, on a store far from its bound;
 #   replay  POST /full/charges with one key over and over;
 #   busy    POST /busy/charges: a control, the plain handler spinning LOAD_BUSY_MICROS (default
 #           11) on the CPU, touching no memory: how the server's CPU per request, the kernel's
-#           included, grows with a handler's own cost alone.
+#           included, grows with a handler's own cost alone;
+#   store   POST /store/charges: the plain handler plus a claim and a completion of a fresh key on
+#           the full store, outside the layer;
+#   moka    POST /moka/charges: the plain handler plus moka's own insertion of a record into a
+#           bare cache at the same bound.
 #
 #   scripts/load.sh                  # 3 rounds of 10 s per mode
 #   ROUNDS=5 DURATION=20s CONNECTIONS=32 scripts/load.sh
@@ -29,7 +35,7 @@ CONNECTIONS=${CONNECTIONS:-16}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 PORT=${PORT:-3917}
-MODES=(plain first roomy replay busy store moka)
+MODES=(plain first forget roomy replay busy store moka)
 
 for tool in wrk taskset; do
     command -v "$tool" >/dev/null || { echo "load.sh needs $tool" >&2; exit 1; }
@@ -64,7 +70,7 @@ for round in $(seq "$ROUNDS"); do
         if [ "$mode" = replay ]; then
             # Store the answer once, so that every timed request is a replay.
             curl -fsS -o /dev/null -X POST "http://127.0.0.1:$PORT/full/charges" \
-                -H 'Content-Type: application/json' -H "Idempotency-Key: load-$run-replayed" \
+                -H 'Content-Type: application/json' -H "Idempotency-Key: charge-$run-replayed" \
                 -d '{"amount":1999,"currency":"eur"}' 2>/dev/null || true
         fi
         before=$(cpu_ticks)
@@ -107,8 +113,9 @@ done
 
 # The split, from the medians: what a first execution adds to a plain request's server CPU.
 first_c=$(median <<<"${cpu[first]}")
+forget_c=$(median <<<"${cpu[forget]}")
 store_c=$(median <<<"${cpu[store]}")
 moka_c=$(median <<<"${cpu[moka]}")
-awk -v p="$base_c" -v f="$first_c" -v s="$store_c" -v m="$moka_c" 'BEGIN {
-    printf "\nfirst adds %.2f µs of server CPU to plain: the store'"'"'s claim and completion %.2f µs, of which moka'"'"'s insertion %.2f µs; the rest of the layer %.2f µs. Without moka'"'"'s insertion, first would be %.2fx plain.\n", f - p, s - p, m - p, f - s, (f - (m - p)) / p
+awk -v p="$base_c" -v f="$first_c" -v g="$forget_c" -v s="$store_c" -v m="$moka_c" 'BEGIN {
+    printf "\nfirst adds %.2f µs of server CPU to plain. In place: moka'"'"'s insertion and what it causes %.2f µs (first - forget), the rest %.2f µs (forget - plain); first without moka'"'"'s insertion is %.2fx plain. Outside the layer: the store'"'"'s claim and completion %.2f µs, of which moka'"'"'s insertion %.2f µs.\n", f - p, f - g, g - p, g / p, s - p, m - p
 }'
