@@ -15,6 +15,9 @@
 //!   forgets ([`support::Forgetting`]): the first execution without moka's insertion of its record
 //!   and without what the insertion causes later (an eviction, a deferred free, the rebuilds of
 //!   moka's table); every other step is the same;
+//! - `vacant`: the same as `forget`, under keys the store hands to an empty store of its own: the
+//!   first execution without moka's insertion and without the look of a new key into moka's full
+//!   table (its probe of slots and records far from the caches); the calls are the same;
 //! - `replay`: the idempotent handler with the same key every request (the stored answer);
 //! - `no_key`: the idempotent handler without a key (it just runs);
 //! - `store`: no request, only what a first execution asks of the full store: a claim and a
@@ -22,9 +25,10 @@
 //! - `moka`: no store either, only moka's own insertion of such a record into a bare moka cache
 //!   configured as the store's (LRU, weighed as the store weighs) and filled to the same bound.
 //!
-//! `forget` splits what `first` adds to `plain` in place: moka's insertion with all it causes, and
-//! everything else. The last two split it again outside a request, into moka's insertion at the
-//! bound, the rest of the store, and the rest of the layer.
+//! `forget` and `vacant` split what `first` adds to `plain` in place: moka's insertion with all it
+//! causes (`first - forget`), the look of a new key into moka's full table (`forget - vacant`), and
+//! everything else (`vacant - plain`). The last two ways split it again outside a request, into
+//! moka's insertion at the bound, the rest of the store, and the rest of the layer.
 //!
 //! Request bodies of 100 B, 10 KiB and 1 MiB. After criterion's own report, the bench measures
 //! the ways side by side — interleaved rounds, so that a noisy neighbour slows all of them alike —
@@ -55,7 +59,7 @@ use tower::ServiceExt;
 
 mod support;
 
-use support::{FORGET, Forgetting, Item, NewCharge, Receipt, Split, charge};
+use support::{FORGET, Forgetting, Item, NewCharge, Receipt, Split, VACANT, charge};
 
 /// A JSON body of exactly `size` bytes: line items up to the size, the description pads the rest.
 fn body(size: usize) -> Bytes {
@@ -101,6 +105,7 @@ enum Way {
     Plain,
     First,
     Forget,
+    Vacant,
     Roomy,
     Replay,
     NoKey,
@@ -109,10 +114,11 @@ enum Way {
 }
 
 impl Way {
-    const ALL: [Way; 8] = [
+    const ALL: [Way; 9] = [
         Way::Plain,
         Way::First,
         Way::Forget,
+        Way::Vacant,
         Way::Roomy,
         Way::Replay,
         Way::NoKey,
@@ -125,6 +131,7 @@ impl Way {
             Way::Plain => "plain",
             Way::First => "first",
             Way::Forget => "forget",
+            Way::Vacant => "vacant",
             Way::Roomy => "roomy",
             Way::Replay => "replay",
             Way::NoKey => "no_key",
@@ -137,14 +144,15 @@ impl Way {
 /// The store of the `first`, `forget`, `replay` and `no_key` ways, shared by every body size:
 /// filled to its bound once, with records like the handler's answer, and installed as the
 /// process-wide configuration (`Idempotency::install`), so that their router needs no `Extension`
-/// layer. It is installed inside [`Forgetting`], which forgets the completions of `forget`'s keys.
+/// layer. It is installed inside [`Forgetting`], which forgets the completions of `forget`'s keys
+/// and hands `vacant`'s to an empty store.
 fn full_store(receipt: &'static [u8]) -> MemoryStore {
     static FULL: std::sync::OnceLock<MemoryStore> = std::sync::OnceLock::new();
     FULL.get_or_init(|| {
         let store = MemoryStore::default();
         support::prefill(&store, StatusCode::OK, receipt);
         Idempotency::builder()
-            .store(Forgetting(store.clone()))
+            .store(Forgetting::new(store.clone()))
             .build()
             .expect("defaults are valid")
             .install()
@@ -221,12 +229,12 @@ impl Bench {
             Way::Plain => (&self.plain, None),
             Way::NoKey => (&self.idempotent, None),
             Way::Replay => (&self.idempotent, Some(HeaderValue::from_static("replayed"))),
-            Way::First | Way::Forget | Way::Roomy => {
-                // Keys of the same length either way: both prefixes are seven characters.
-                let prefix = if way == Way::Forget {
-                    FORGET
-                } else {
-                    "charge-"
+            Way::First | Way::Forget | Way::Vacant | Way::Roomy => {
+                // Keys of the same length every way: each prefix is seven characters.
+                let prefix = match way {
+                    Way::Forget => FORGET,
+                    Way::Vacant => VACANT,
+                    _ => "charge-",
                 };
                 let key = HeaderValue::from_str(&format!("{prefix}{}", self.fresh_key()));
                 let router = if way == Way::Roomy {
@@ -293,11 +301,14 @@ fn check(runtime: &Runtime, bench: &Bench) {
         assert_eq!(bench.once(Way::NoKey).await, (StatusCode::OK, false));
         assert_eq!(bench.once(Way::First).await, (StatusCode::OK, false));
         assert_eq!(bench.once(Way::Forget).await, (StatusCode::OK, false));
-        // A key `forget` uses is not kept: sent again, it runs again.
-        let key = HeaderValue::from_str(&format!("{FORGET}checked")).expect("ascii");
-        for _ in 0..2 {
-            let sent = bench.send(&bench.idempotent, Some(key.clone())).await;
-            assert_eq!(sent, (StatusCode::OK, false));
+        assert_eq!(bench.once(Way::Vacant).await, (StatusCode::OK, false));
+        // A key `forget` or `vacant` uses is not kept: sent again, it runs again.
+        for prefix in [FORGET, VACANT] {
+            let key = HeaderValue::from_str(&format!("{prefix}checked")).expect("ascii");
+            for _ in 0..2 {
+                let sent = bench.send(&bench.idempotent, Some(key.clone())).await;
+                assert_eq!(sent, (StatusCode::OK, false));
+            }
         }
         assert_eq!(bench.once(Way::Roomy).await, (StatusCode::OK, false));
         // The first replay request stores the answer; every later one is a replay.
@@ -417,22 +428,26 @@ fn side_by_side(runtime: &Runtime, quick: bool) {
             let w = Way::ALL.iter().position(|&w| w == way).expect("a way");
             median(&times[w]) * 1e6
         };
-        let (plain, first, forget, store, moka) = (
+        let (plain, first, forget, vacant, store, moka) = (
             at(Way::Plain),
             at(Way::First),
             at(Way::Forget),
+            at(Way::Vacant),
             at(Way::Store),
             at(Way::Moka),
         );
         println!(
             "{label:<6} first at the bound adds {:.2}µs to plain. In place: moka's insertion and \
-             what it causes {:.2}µs (first - forget), the rest {:.2}µs (forget - plain); first \
-             without moka's insertion is {:.2}x plain. Outside a request: the store's claim and \
-             completion {store:.2}µs, of which moka's insertion {moka:.2}µs.",
+             what it causes {:.2}µs (first - forget), the look of a new key into moka's full \
+             table {:.2}µs (forget - vacant), the rest {:.2}µs (vacant - plain); first without \
+             moka's insertion is {:.2}x plain, without its look too {:.2}x. Outside a request: the \
+             store's claim and completion {store:.2}µs, of which moka's insertion {moka:.2}µs.",
             first - plain,
             first - forget,
-            forget - plain,
+            forget - vacant,
+            vacant - plain,
             forget / plain,
+            vacant / plain,
         );
     }
 }
@@ -446,7 +461,7 @@ fn profile(runtime: &Runtime, what: &str) {
     let way = *Way::ALL
         .iter()
         .find(|w| w.name() == way)
-        .expect("a way: plain, first, forget, roomy, replay, no_key, store or moka");
+        .expect("a way: plain, first, forget, vacant, roomy, replay, no_key, store or moka");
     let (size, _) = *SIZES
         .iter()
         .find(|(_, l)| *l == label)

@@ -8,7 +8,9 @@
 //!   (`Idempotency::install`), so the route has no layer. The store is installed inside
 //!   `support::Forgetting`: a key that starts with `forget-` has its completion forgotten (the
 //!   claim released, nothing kept), so that a first execution under it is one without moka's
-//!   insertion of its record and all that insertion causes, on the same route and store;
+//!   insertion of its record and all that insertion causes, on the same route and store; a key
+//!   that starts with `vacant-` goes to an empty store of the same kind and is forgotten too, so
+//!   that a first execution under it also lacks the look of a new key into moka's full table;
 //! - `POST /roomy/charges`: the same again on a store of 4 GiB that the load never fills, as an
 //!   `Extension` layer of its own route;
 //! - `POST /busy/charges`: a control, the plain handler that also spins on the CPU for
@@ -152,7 +154,7 @@ fn main() {
             .set(support::Split::new(full.clone(), receipt))
             .unwrap_or_else(|_| unreachable!("set once"));
         Idempotency::builder()
-            .store(support::Forgetting(full))
+            .store(support::Forgetting::new(full))
             .build()
             .expect("valid settings")
             .install()

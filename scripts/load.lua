@@ -1,4 +1,4 @@
--- wrk script for scripts/load.sh: POST a charge to benches/load_server.rs, in one of eight modes
+-- wrk script for scripts/load.sh: POST a charge to benches/load_server.rs, in one of nine modes
 -- given as the script's first argument, with a name for this run's keys as the second
 -- (`wrk ... -s scripts/load.lua -- MODE RUN`):
 --   plain   /plain/charges, the handler without the attribute, no key;
@@ -8,6 +8,8 @@
 --   first   /full/charges, a key never sent before on every request: claim, run, store;
 --   forget  /full/charges, the same under keys whose completion the store forgets: a first
 --           execution without moka's insertion;
+--   vacant  /full/charges, the same under keys the store hands to an empty store and forgets: a
+--           first execution without moka's insertion and without the look into its full table;
 --   roomy   /roomy/charges, the same on a store far from its bound;
 --   replay  /full/charges, the same key on every request: the stored answer is replayed.
 
@@ -22,7 +24,7 @@ local counter = 0
 
 function init(args)
    mode = args[1] or "plain"
-   if mode == "first" or mode == "forget" or mode == "replay" then
+   if mode == "first" or mode == "forget" or mode == "vacant" or mode == "replay" then
       wrk.path = "/full/charges"
    elseif mode == "roomy" then
       wrk.path = "/roomy/charges"
@@ -30,8 +32,10 @@ function init(args)
       wrk.path = "/" .. mode .. "/charges"
    end
    -- Keys of separate runs must never meet: each run names its own.
-   -- `forget-` makes the store forget a completion; `charge-` is as long.
-   local kind = mode == "forget" and "forget-" or "charge-"
+   -- `forget-` makes the store forget a completion, `vacant-` sends the key to an empty store
+   -- that forgets it too; `charge-` is as long.
+   local kinds = { forget = "forget-", vacant = "vacant-" }
+   local kind = kinds[mode] or "charge-"
    prefix = kind .. (args[2] or tostring(os.time())) .. "-"
    if mode == "replay" then
       wrk.headers["Idempotency-Key"] = prefix .. "replayed"
@@ -39,7 +43,7 @@ function init(args)
 end
 
 function request()
-   if mode == "first" or mode == "forget" or mode == "roomy" then
+   if mode == "first" or mode == "forget" or mode == "vacant" or mode == "roomy" then
       counter = counter + 1
       wrk.headers["Idempotency-Key"] = prefix .. counter
    end

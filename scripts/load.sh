@@ -8,6 +8,9 @@
 #           (every first execution evicts a record);
 #   forget  POST /full/charges with a fresh key on every request, under keys whose completion the
 #           store forgets: the same first execution without moka's insertion of its record;
+#   vacant  POST /full/charges with a fresh key on every request, under keys the store hands to an
+#           empty store of its own and forgets: the same first execution without moka's insertion
+#           and without the look of a new key into moka's full table;
 #   roomy   POST /roomy/charges with a fresh key on every request, on a store far from its bound;
 #   replay  POST /full/charges with one key over and over;
 #   busy    POST /busy/charges: a control, the plain handler spinning LOAD_BUSY_MICROS (default
@@ -35,7 +38,7 @@ CONNECTIONS=${CONNECTIONS:-16}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 PORT=${PORT:-3917}
-MODES=(plain first forget roomy replay busy store moka)
+MODES=(plain first forget vacant roomy replay busy store moka)
 
 for tool in wrk taskset; do
     command -v "$tool" >/dev/null || { echo "load.sh needs $tool" >&2; exit 1; }
@@ -114,8 +117,9 @@ done
 # The split, from the medians: what a first execution adds to a plain request's server CPU.
 first_c=$(median <<<"${cpu[first]}")
 forget_c=$(median <<<"${cpu[forget]}")
+vacant_c=$(median <<<"${cpu[vacant]}")
 store_c=$(median <<<"${cpu[store]}")
 moka_c=$(median <<<"${cpu[moka]}")
-awk -v p="$base_c" -v f="$first_c" -v g="$forget_c" -v s="$store_c" -v m="$moka_c" 'BEGIN {
-    printf "\nfirst adds %.2f µs of server CPU to plain. In place: moka'"'"'s insertion and what it causes %.2f µs (first - forget), the rest %.2f µs (forget - plain); first without moka'"'"'s insertion is %.2fx plain. Outside the layer: the store'"'"'s claim and completion %.2f µs, of which moka'"'"'s insertion %.2f µs.\n", f - p, f - g, g - p, g / p, s - p, m - p
+awk -v p="$base_c" -v f="$first_c" -v g="$forget_c" -v v="$vacant_c" -v s="$store_c" -v m="$moka_c" 'BEGIN {
+    printf "\nfirst adds %.2f µs of server CPU to plain. In place: moka'"'"'s insertion and what it causes %.2f µs (first - forget), the look of a new key into moka'"'"'s full table %.2f µs (forget - vacant), the rest %.2f µs (vacant - plain); first without moka'"'"'s insertion is %.2fx plain, without its look too %.2fx. Outside the layer: the store'"'"'s claim and completion %.2f µs, of which moka'"'"'s insertion %.2f µs.\n", f - p, f - g, g - v, v - p, g / p, v / p, s - p, m - p
 }'

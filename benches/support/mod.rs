@@ -1,8 +1,8 @@
 //! What the benchmarks of this directory share: the trivial charge handler the in-process benches
 //! mount, a store filled to its bound before a run, so that every first execution of the run
 //! evicts a record, as it does in a service that has run for a while, the store around it that
-//! forgets the completions of some keys ([`Forgetting`]), and the two operations that split what a
-//! first execution adds ([`Split`]).
+//! forgets the completions of some keys and hands others to an empty store ([`Forgetting`]), and
+//! the two operations that split what a first execution adds ([`Split`]).
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -120,22 +120,55 @@ pub fn prefill(store: &MemoryStore, status: StatusCode, body: &'static [u8]) -> 
 /// The prefix of the keys whose completion [`Forgetting`] forgets.
 pub const FORGET: &str = "forget-";
 
-/// The full memory store, as the benches install it, with one difference: the completion of a key
-/// that starts with [`FORGET`] releases the key and keeps nothing.
-///
-/// A first execution under such a key does all that any first execution does (the look, the claim
-/// and the completion's check of the claim among them), but moka's insertion of its record, and so
-/// none of what that insertion causes afterwards either: the eviction of an older record, the
-/// deferred free of the evicted one, the rebuilds of moka's table. Beside a first execution under
-/// any other key, in the same run and on the same store, it measures what moka's insertion costs a
-/// first execution in place, where a control that inserts alone measures it without the request
-/// around it. Every other call goes to the memory store unchanged; the check of the prefix is the
-/// same few instructions for both kinds of key.
-#[derive(Clone)]
-pub struct Forgetting(pub MemoryStore);
+/// The prefix of the keys [`Forgetting`] hands to an empty store of its own, forgetting their
+/// completions too. Seven characters, as [`FORGET`] and the other ways' `charge-`.
+pub const VACANT: &str = "vacant-";
 
+/// The full memory store, as the benches install it, with two differences: the completion of a
+/// key that starts with [`FORGET`] releases the key and keeps nothing, and a key that starts with
+/// [`VACANT`] goes, for every call, to a second memory store that is kept empty the same way.
+///
+/// A first execution under a `forget-` key does all that any first execution does (the look, the
+/// claim and the completion's check of the claim among them), but moka's insertion of its record,
+/// and so none of what that insertion causes afterwards either: the eviction of an older record,
+/// the deferred free of the evicted one, the rebuilds of moka's table. Beside a first execution
+/// under any other key, in the same run and on the same store, it measures what moka's insertion
+/// costs a first execution in place, where a control that inserts alone measures it without the
+/// request around it.
+///
+/// A first execution under a `vacant-` key takes the same steps again, the same calls into the
+/// same code, except that its looks into moka find a table that holds nothing: the new key's probe
+/// of a full table (slots and records far from the caches) is what it lacks beside `forget-`.
+///
+/// Every other call goes to the full store unchanged; the check of the prefixes is the same few
+/// instructions for every kind of key.
+#[derive(Clone)]
+pub struct Forgetting {
+    full: MemoryStore,
+    empty: MemoryStore,
+}
+
+impl Forgetting {
+    /// `full` with the two kinds of keys above; the empty store has the same bound.
+    pub fn new(full: MemoryStore) -> Self {
+        let empty = MemoryStore::builder().max_bytes(full.max_bytes()).build();
+        Self { full, empty }
+    }
+
+    /// The store that answers for `key`.
+    fn store(&self, key: &StoreKey) -> &MemoryStore {
+        if key.key().as_str().starts_with(VACANT) {
+            &self.empty
+        } else {
+            &self.full
+        }
+    }
+}
+
+/// Whether the completion of `key` is forgotten.
 fn forgets(key: &StoreKey) -> bool {
-    key.key().as_str().starts_with(FORGET)
+    let key = key.key().as_str();
+    key.starts_with(FORGET) || key.starts_with(VACANT)
 }
 
 #[async_trait]
@@ -165,11 +198,11 @@ impl IdempotencyStore for Forgetting {
     }
 
     async fn lookup(&self, key: &StoreKey) -> Result<Option<Record>, StoreError> {
-        self.0.lookup(key).await
+        self.store(key).lookup(key).await
     }
 
     fn peek(&self, key: &StoreKey) -> Option<Arc<Completed>> {
-        self.0.peek(key)
+        self.store(key).peek(key)
     }
 
     fn immediate(&self) -> Option<&dyn ImmediateStore> {
@@ -185,7 +218,7 @@ impl ImmediateStore for Forgetting {
         token: ClaimToken,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        self.0.claim_now(key, fingerprint, token, lease)
+        self.store(key).claim_now(key, fingerprint, token, lease)
     }
 
     fn complete_now(
@@ -195,16 +228,17 @@ impl ImmediateStore for Forgetting {
         completed: Arc<Completed>,
         ttl: Duration,
     ) -> Result<Completion, StoreError> {
+        let store = self.store(key);
         if forgets(key) {
-            self.0.release_now(key, token)?;
+            store.release_now(key, token)?;
             drop(completed);
             return Ok(Completion::Stored);
         }
-        self.0.complete_now(key, token, completed, ttl)
+        store.complete_now(key, token, completed, ttl)
     }
 
     fn release_now(&self, key: &StoreKey, token: ClaimToken) -> Result<(), StoreError> {
-        self.0.release_now(key, token)
+        self.store(key).release_now(key, token)
     }
 }
 
