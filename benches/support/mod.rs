@@ -155,20 +155,20 @@ impl Forgetting {
         Self { full, empty }
     }
 
-    /// The store that answers for `key`.
-    fn store(&self, key: &StoreKey) -> &MemoryStore {
-        if key.key().as_str().starts_with(VACANT) {
-            &self.empty
+    /// The store that answers for `key`, and whether it forgets the key's completion.
+    fn route(&self, key: &StoreKey) -> (&MemoryStore, bool) {
+        let name = key.key().as_str();
+        if name.starts_with(VACANT) {
+            (&self.empty, true)
         } else {
-            &self.full
+            (&self.full, name.starts_with(FORGET))
         }
     }
-}
 
-/// Whether the completion of `key` is forgotten.
-fn forgets(key: &StoreKey) -> bool {
-    let key = key.key().as_str();
-    key.starts_with(FORGET) || key.starts_with(VACANT)
+    /// The store that answers for `key`.
+    fn store(&self, key: &StoreKey) -> &MemoryStore {
+        self.route(key).0
+    }
 }
 
 #[async_trait]
@@ -228,8 +228,8 @@ impl ImmediateStore for Forgetting {
         completed: Arc<Completed>,
         ttl: Duration,
     ) -> Result<Completion, StoreError> {
-        let store = self.store(key);
-        if forgets(key) {
+        let (store, forgets) = self.route(key);
+        if forgets {
             store.release_now(key, token)?;
             drop(completed);
             return Ok(Completion::Stored);
