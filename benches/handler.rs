@@ -480,6 +480,8 @@ fn profile(runtime: &Runtime, what: &str) {
 }
 
 fn main() {
+    #[cfg(feature = "metrics")]
+    support::install_recorder();
     let runtime = runtime();
     if let Ok(what) = std::env::var("IDEM_BENCH_PROFILE") {
         return profile(&runtime, &what);

@@ -307,3 +307,66 @@ impl Split {
         self.bare.insert(key, (completed, u64::MAX));
     }
 }
+
+/// A metrics recorder that keeps every metric in atomics of a shared registry, as Prometheus's
+/// exporter does: what the `metrics` feature costs a service that collects its metrics. Installed
+/// by the benches built with `--features metrics` ([`install_recorder`]).
+#[cfg(feature = "metrics")]
+pub struct AtomicRecorder(
+    metrics_util::registry::Registry<metrics::Key, metrics_util::registry::AtomicStorage>,
+);
+
+#[cfg(feature = "metrics")]
+impl metrics::Recorder for AtomicRecorder {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        self.0.get_or_create_counter(key, |counter| {
+            metrics::Counter::from_arc(Arc::clone(counter))
+        })
+    }
+
+    fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        self.0
+            .get_or_create_gauge(key, |gauge| metrics::Gauge::from_arc(Arc::clone(gauge)))
+    }
+
+    fn register_histogram(
+        &self,
+        key: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        self.0.get_or_create_histogram(key, |histogram| {
+            metrics::Histogram::from_arc(Arc::clone(histogram))
+        })
+    }
+}
+
+/// Installs an [`AtomicRecorder`] as the process's recorder.
+#[cfg(feature = "metrics")]
+pub fn install_recorder() {
+    metrics::set_global_recorder(AtomicRecorder(metrics_util::registry::Registry::atomic()))
+        .expect("the only recorder");
+}
