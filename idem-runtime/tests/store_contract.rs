@@ -873,6 +873,46 @@ mod postgres_records {
         );
     }
 
+    /// A key's lock held by a session with no row behind it (as a claim looks to another from the
+    /// moment its statement takes the lock to the moment it commits the row) is waited for, then
+    /// refused with a clear error: the claim neither takes the key nor waits for ever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lock_held_without_its_row_fails_the_claim_after_its_patience() {
+        let table = unique_table("lockonly");
+        let Some(holder) = store_on(&table).await else {
+            return;
+        };
+        let claimer = store_on(&table).await.unwrap();
+        let k = key("lock-only");
+        let token = fresh(&holder, &k, &fp(1), LONG).await;
+        // The row goes; the holder's connection keeps the key's lock.
+        let server = PostgresServer::shared().unwrap();
+        let pool = sqlx::PgPool::connect(&server.url()).await.unwrap();
+        let deleted = sqlx::query(&format!("DELETE FROM {table} WHERE key = $1"))
+            .bind("lock-only")
+            .execute(&pool)
+            .await
+            .unwrap();
+        assert_eq!(deleted.rows_affected(), 1);
+        let started = Instant::now();
+        let error = claimer.claim_new(&k, &fp(1), LONG).await.unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("is held but no claim row appeared"),
+            "{error}"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(900),
+            "refused after {:?}, before its patience ran out",
+            started.elapsed()
+        );
+        assert_eq!(claimer.held_claims(), 0, "the claimer holds nothing");
+        // Once the holder lets the key go, the key is free again.
+        holder.release(&k, token).await.unwrap();
+        fresh(&claimer, &k, &fp(2), LONG).await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_sweep_deletes_expired_rows_only() {
         let Some(store) = store_on(&unique_table("sweep")).await else {

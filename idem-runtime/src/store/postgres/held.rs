@@ -7,7 +7,9 @@ use std::sync::{Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
-use sqlx::{PgConnection, PgPool, Postgres, TransactionManager as _};
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::query::Query;
+use sqlx::{PgConnection, PgPool, Postgres, Row as _, TransactionManager as _};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep_until};
 
@@ -38,18 +40,23 @@ impl HeldConn {
         })
     }
 
-    /// Takes the advisory lock `lock_id` if it is free, without waiting.
-    pub(super) async fn try_lock(&mut self, lock_id: i64) -> Result<bool, sqlx::Error> {
-        // Marked held before the query: if the answer is lost, the connection is closed.
+    /// Runs `statement`, which takes the advisory lock `lock_id` if it is free, without waiting,
+    /// and answers one row whose column `locked` says whether it did: the row if it did, `None`
+    /// if the lock is held elsewhere.
+    pub(super) async fn try_lock_in(
+        &mut self,
+        lock_id: i64,
+        statement: Query<'_, Postgres, PgArguments>,
+    ) -> Result<Option<PgRow>, sqlx::Error> {
+        // Marked held before the statement: if its answer is lost or unreadable, the connection
+        // is closed, and the lock with it.
         self.lock_id = Some(lock_id);
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(lock_id)
-            .fetch_one(&mut *self.conn)
-            .await?;
-        if !locked {
+        let row = statement.fetch_one(&mut *self.conn).await?;
+        if !row.try_get::<bool, _>("locked")? {
             self.lock_id = None;
+            return Ok(None);
         }
-        Ok(locked)
+        Ok(Some(row))
     }
 
     /// Releases the lock; the connection then goes back to the pool when dropped.

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sha2::{Digest as _, Sha256};
-use sqlx::PgPool;
+use sqlx::{PgPool, Row as _};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep};
 
@@ -46,7 +46,8 @@ pub const SCHEMA_SQL: &str = include_str!("schema.sql");
 const RECORD_VERSION: i16 = 1;
 
 /// How long a claim waits, at most, for a key whose lock another request has just taken to show
-/// that request's row (the lock is taken first, the row written right after).
+/// that request's row (one statement takes the lock and writes the row, and the row is seen by
+/// others only once the statement commits).
 const CLAIM_PATIENCE: Duration = Duration::from_secs(1);
 
 /// A store on [Postgres](https://www.postgresql.org): keys live in the application's own
@@ -82,9 +83,9 @@ const CLAIM_PATIENCE: Duration = Duration::from_secs(1);
 /// A claim first reads the key's row, without any lock: a completed key (a replay, a `422`)
 /// costs one query. Otherwise it takes a pooled connection and, on it, the key's advisory lock
 /// with `pg_try_advisory_lock` — a session-level lock on a 64-bit id derived from the table, the
-/// scope and the key by SHA-256, never waited for. If the lock is taken, the claim writes the
-/// in-flight row (fingerprint and token) in a statement of its own, committed at once so that
-/// every instance sees it, and keeps the connection, with its lock, until the request
+/// scope and the key by SHA-256, never waited for — and, in the same statement, only if it took
+/// the lock, writes the in-flight row (fingerprint and token), committed at once so that every
+/// instance sees it. It keeps the connection, with its lock, until the request
 /// completes (the done row is written, then the lock released) or is released (the row
 /// deleted, then the lock released). If the lock is busy, another request holds the key: a
 /// duplicate gets `409` at once (or waits, with `conflict = wait`), a request with another
@@ -444,23 +445,21 @@ impl IdempotencyStore for PostgresStore {
             let mut conn = HeldConn::acquire(&self.inner.pool)
                 .await
                 .map_err(|e| failed("acquire", e))?;
-            if conn
-                .try_lock(lock_id)
+            let statement = sqlx::query(&self.inner.queries.claim)
+                .bind(key.scope().as_bytes().as_slice())
+                .bind(key.key().as_str())
+                .bind(RECORD_VERSION)
+                .bind(fingerprint.as_bytes().as_slice())
+                .bind(token_bytes.as_slice())
+                .bind(lock_id)
+                .bind(millis(lease));
+            let claimed = conn
+                .try_lock_in(lock_id, statement)
                 .await
-                .map_err(|e| failed("lock", e))?
-            {
-                let written = sqlx::query(&self.inner.queries.claim)
-                    .bind(key.scope().as_bytes().as_slice())
-                    .bind(key.key().as_str())
-                    .bind(RECORD_VERSION)
-                    .bind(fingerprint.as_bytes().as_slice())
-                    .bind(token_bytes.as_slice())
-                    .bind(lock_id)
-                    .bind(millis(lease))
-                    .fetch_optional(&mut *conn)
-                    .await
-                    .map_err(|e| failed("claim", e))?;
-                if written.is_some() {
+                .map_err(|e| failed("claim", e))?;
+            if let Some(row) = claimed {
+                let written: bool = row.try_get("written").map_err(|e| failed("claim", e))?;
+                if written {
                     let store = Arc::downgrade(&self.inner);
                     self.inner
                         .claims

@@ -20,8 +20,12 @@ pub(super) struct Queries {
     /// only) whether its claim's lock is held.
     pub(super) read: String,
     /// `$1` scope, `$2` key, `$3` version, `$4` fingerprint, `$5` token, `$6` lock id, `$7`
-    /// lease (ms): writes the in-flight row unless a done row is still within its TTL. Answers a
-    /// row when written. Run under the key's lock, so any in-flight row it replaces is orphaned.
+    /// lease (ms): takes the key's advisory lock `$6` if it is free, without waiting, and only if
+    /// it took it writes the in-flight row, unless a done row is still within its TTL. Answers one
+    /// row: `locked`, whether it took the lock, and `written`, whether it wrote the row. The row is
+    /// written only under the key's lock, so any in-flight row it replaces is orphaned. One
+    /// statement, so that a claim costs one round trip after its read, not one for the lock and
+    /// another for the row.
     pub(super) claim: String,
     /// `$1` scope, `$2` key, `$3` token, `$4` lease (ms): extends the lease of this token's claim.
     pub(super) renew: String,
@@ -45,18 +49,22 @@ impl Queries {
                  CASE WHEN t.state = 'in_flight' THEN {HELD} ELSE false END AS held \
                  FROM {table} t WHERE t.scope = $1 AND t.key = $2"
             ),
+            // The lock is taken once, before the row is written: a CTE that calls a volatile
+            // function is evaluated once, and the insertion reads it.
             claim: format!(
-                "INSERT INTO {table} AS t \
+                "WITH l AS MATERIALIZED (SELECT pg_try_advisory_lock($6) AS locked), \
+                 w AS (INSERT INTO {table} AS t \
                  (scope, key, version, state, fingerprint, token, lock_id, expires_at) \
-                 VALUES ($1, $2, $3, 'in_flight', $4, $5, $6, \
-                 clock_timestamp() + $7 * interval '1 millisecond') \
+                 SELECT $1, $2, $3, 'in_flight', $4, $5, $6, \
+                 clock_timestamp() + $7 * interval '1 millisecond' FROM l WHERE l.locked \
                  ON CONFLICT (scope, key) DO UPDATE SET \
                  version = EXCLUDED.version, state = 'in_flight', \
                  fingerprint = EXCLUDED.fingerprint, token = EXCLUDED.token, \
                  lock_id = EXCLUDED.lock_id, request_digest = NULL, response = NULL, \
                  expires_at = EXCLUDED.expires_at \
                  WHERE t.state = 'in_flight' OR t.expires_at <= clock_timestamp() \
-                 RETURNING 1"
+                 RETURNING 1) \
+                 SELECT l.locked, EXISTS (SELECT 1 FROM w) AS written FROM l"
             ),
             renew: format!(
                 "UPDATE {table} SET expires_at = clock_timestamp() + $4 * interval '1 millisecond' \
