@@ -19,6 +19,10 @@
 //!   first execution without moka's insertion and without the look of a new key into moka's full
 //!   table (its probe of slots and records far from the caches); the calls are the same;
 //! - `replay`: the idempotent handler with the same key every request (the stored answer);
+//! - `floor`: not the layer, but the least any replay can do, written straight against axum, moka
+//!   and the record's code ([`support::floor`]): the key, the body read, its SHA-256 digest, one
+//!   moka `get` in a full cache, the stored answer built. `replay - floor` is the layer's
+//!   plumbing; `floor - plain` what a replay costs beyond a plain request whoever writes it;
 //! - `no_key`: the idempotent handler without a key (it just runs);
 //! - `store`: no request, only what a first execution asks of the full store: a claim and a
 //!   completion of a fresh key, with a record like the handler's;
@@ -59,7 +63,7 @@ use tower::ServiceExt;
 
 mod support;
 
-use support::{FORGET, Forgetting, Item, NewCharge, Receipt, Split, VACANT, charge};
+use support::{FLOOR_KEY, FORGET, Forgetting, Item, NewCharge, Receipt, Split, VACANT, charge};
 
 /// A JSON body of exactly `size` bytes: line items up to the size, the description pads the rest.
 fn body(size: usize) -> Bytes {
@@ -108,19 +112,21 @@ enum Way {
     Vacant,
     Roomy,
     Replay,
+    Floor,
     NoKey,
     Store,
     Moka,
 }
 
 impl Way {
-    const ALL: [Way; 9] = [
+    const ALL: [Way; 10] = [
         Way::Plain,
         Way::First,
         Way::Forget,
         Way::Vacant,
         Way::Roomy,
         Way::Replay,
+        Way::Floor,
         Way::NoKey,
         Way::Store,
         Way::Moka,
@@ -134,6 +140,7 @@ impl Way {
             Way::Vacant => "vacant",
             Way::Roomy => "roomy",
             Way::Replay => "replay",
+            Way::Floor => "floor",
             Way::NoKey => "no_key",
             Way::Store => "store",
             Way::Moka => "moka",
@@ -168,6 +175,8 @@ struct Bench {
     plain: Router,
     idempotent: Router,
     roomy: Router,
+    /// The `floor` way, on a full bare cache of its own.
+    floor: Router,
     /// The `store` and `moka` ways.
     split: Split,
     body: Bytes,
@@ -195,6 +204,8 @@ impl Bench {
         .expect("serializable");
         let receipt: &'static [u8] = Box::leak(receipt.into_boxed_slice());
         let split = Split::new(full_store(receipt), receipt);
+        let floor = support::bare_cache(&full_store(receipt), receipt);
+        support::keep_floor_record(&floor, "/charges", &body, StatusCode::OK, receipt);
         Self {
             plain: Router::new().route("/charges", post(charge)),
             // The full store is the process-wide configuration: no layer.
@@ -202,6 +213,9 @@ impl Bench {
             roomy: Router::new()
                 .route("/charges", post(idempotent_charge))
                 .layer(layer(MemoryStore::builder().max_bytes(4 << 30).build())),
+            floor: Router::new()
+                .route("/charges", post(support::floor))
+                .with_state(floor),
             split,
             body,
             next_key: Arc::new(AtomicU64::new(1 << 40)),
@@ -229,6 +243,7 @@ impl Bench {
             Way::Plain => (&self.plain, None),
             Way::NoKey => (&self.idempotent, None),
             Way::Replay => (&self.idempotent, Some(HeaderValue::from_static("replayed"))),
+            Way::Floor => (&self.floor, Some(HeaderValue::from_static(FLOOR_KEY))),
             Way::First | Way::Forget | Way::Vacant | Way::Roomy => {
                 // Keys of the same length every way: each prefix is seven characters.
                 let prefix = match way {
@@ -314,6 +329,7 @@ fn check(runtime: &Runtime, bench: &Bench) {
         // The first replay request stores the answer; every later one is a replay.
         bench.once(Way::Replay).await;
         assert_eq!(bench.once(Way::Replay).await, (StatusCode::OK, true));
+        assert_eq!(bench.once(Way::Floor).await, (StatusCode::OK, true));
     });
 }
 
@@ -461,7 +477,7 @@ fn profile(runtime: &Runtime, what: &str) {
     let way = *Way::ALL
         .iter()
         .find(|w| w.name() == way)
-        .expect("a way: plain, first, forget, vacant, roomy, replay, no_key, store or moka");
+        .expect("a way: plain, first, forget, vacant, roomy, replay, floor, no_key, store or moka");
     let (size, _) = *SIZES
         .iter()
         .find(|(_, l)| *l == label)

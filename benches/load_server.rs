@@ -22,7 +22,12 @@
 //!   fresh key, with a record like the handler's), or only moka's own insertion of such a record
 //!   into a bare moka cache configured as the store's and filled to the same bound. With `plain`
 //!   and `first` they split what a first execution adds over HTTP as bench 1 splits it in
-//!   process: moka's insertion at the bound, the rest of the store, the rest of the layer.
+//!   process: moka's insertion at the bound, the rest of the store, the rest of the layer;
+//! - `POST /floor/charges`: not the layer but the least any replay can do, written straight
+//!   against axum, moka and the record's code (`support::floor`), on a full bare cache of its own: the key,
+//!   the body, its SHA-256 digest, one moka `get` at the bound, the stored answer. Its record is
+//!   kept under the key `floor-replayed` for the body `{"amount":1999,"currency":"eur"}`; a
+//!   request with another key or body gets `404`.
 //!
 //! Environment: `LOAD_ADDR` (default `127.0.0.1:3917`), `LOAD_BUSY_MICROS`. It prints
 //! `listening on ADDR` once it accepts connections.
@@ -150,6 +155,17 @@ fn main() {
             full.weighted_size(),
             full.max_bytes()
         );
+        let bare = support::bare_cache(&full, receipt);
+        support::keep_floor_record(
+            &bare,
+            "/floor/charges",
+            br#"{"amount":1999,"currency":"eur"}"#,
+            StatusCode::CREATED,
+            receipt,
+        );
+        let floor = Router::new()
+            .route("/floor/charges", post(support::floor))
+            .with_state(bare);
         SPLIT
             .set(support::Split::new(full.clone(), receipt))
             .unwrap_or_else(|_| unreachable!("set once"));
@@ -179,7 +195,8 @@ fn main() {
                 "/roomy/charges",
                 post(idempotent_charge).layer(layer(roomy)),
             )
-            .with_state(Ledger::default());
+            .with_state(Ledger::default())
+            .merge(floor);
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .expect("bind the load address");

@@ -1,4 +1,4 @@
--- wrk script for scripts/load.sh: POST a charge to benches/load_server.rs, in one of nine modes
+-- wrk script for scripts/load.sh: POST a charge to benches/load_server.rs, in one of ten modes
 -- given as the script's first argument, with a name for this run's keys as the second
 -- (`wrk ... -s scripts/load.lua -- MODE RUN`):
 --   plain   /plain/charges, the handler without the attribute, no key;
@@ -11,7 +11,8 @@
 --   vacant  /full/charges, the same under keys the store hands to an empty store and forgets: a
 --           first execution without moka's insertion and without the look into its full table;
 --   roomy   /roomy/charges, the same on a store far from its bound;
---   replay  /full/charges, the same key on every request: the stored answer is replayed.
+--   replay  /full/charges, the same key on every request: the stored answer is replayed;
+--   floor   /floor/charges, the key `floor-replayed` on every request: the least a replay can do.
 
 wrk.method = "POST"
 wrk.path = "/plain/charges"
@@ -28,7 +29,7 @@ function init(args)
       wrk.path = "/full/charges"
    elseif mode == "roomy" then
       wrk.path = "/roomy/charges"
-   elseif mode == "busy" or mode == "store" or mode == "moka" then
+   elseif mode == "busy" or mode == "store" or mode == "moka" or mode == "floor" then
       wrk.path = "/" .. mode .. "/charges"
    end
    -- Keys of separate runs must never meet: each run names its own.
@@ -39,6 +40,8 @@ function init(args)
    prefix = kind .. (args[2] or tostring(os.time())) .. "-"
    if mode == "replay" then
       wrk.headers["Idempotency-Key"] = prefix .. "replayed"
+   elseif mode == "floor" then
+      wrk.headers["Idempotency-Key"] = "floor-replayed"
    end
 end
 

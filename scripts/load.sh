@@ -13,6 +13,9 @@
 #           and without the look of a new key into moka's full table;
 #   roomy   POST /roomy/charges with a fresh key on every request, on a store far from its bound;
 #   replay  POST /full/charges with one key over and over;
+#   floor   POST /floor/charges with one key over and over: not the layer, but the least any
+#           replay can do (benches/support: the key, the body's SHA-256 digest, one moka get at
+#           the bound, the stored answer), written straight against axum and moka;
 #   busy    POST /busy/charges: a control, the plain handler spinning LOAD_BUSY_MICROS (default
 #           11) on the CPU, touching no memory: how the server's CPU per request, the kernel's
 #           included, grows with a handler's own cost alone;
@@ -38,7 +41,7 @@ CONNECTIONS=${CONNECTIONS:-16}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 PORT=${PORT:-3917}
-MODES=(plain first forget vacant roomy replay busy store moka)
+MODES=(plain first forget vacant roomy replay floor busy store moka)
 
 for tool in wrk taskset; do
     command -v "$tool" >/dev/null || { echo "load.sh needs $tool" >&2; exit 1; }

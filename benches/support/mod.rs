@@ -246,6 +246,23 @@ impl ImmediateStore for Forgetting {
 pub type BareCache =
     moka::sync::Cache<StoreKey, (Arc<Completed>, u64), foldhash::quality::RandomState>;
 
+/// A bare cache beside `store`, full and filled with records of `receipt`: weighing each record
+/// as the store does, and filled with as many.
+pub fn bare_cache(store: &MemoryStore, receipt: &'static [u8]) -> BareCache {
+    let records = store.entry_count();
+    let weight = u32::try_from(store.weighted_size() / records.max(1)).expect("small");
+    let bare: BareCache = moka::sync::Cache::builder()
+        .max_capacity(store.max_bytes())
+        .weigher(move |_, _| weight)
+        .eviction_policy(EvictionPolicy::lru())
+        .build_with_hasher(foldhash::quality::RandomState::default());
+    for i in 0..records {
+        bare.insert(prefill_key(i), (record(StatusCode::OK, receipt), 0));
+    }
+    bare.run_pending_tasks();
+    bare
+}
+
 /// What a first execution asks of a full store, without a request around it: the two operations
 /// that split what a first execution adds to a plain request into moka's own insertion at the
 /// bound, the rest of the store, and the rest of the layer.
@@ -262,20 +279,9 @@ impl Split {
     /// The split for `store`, full and filled with records of `receipt`: a bare cache beside it,
     /// weighing each record as the store does and filled with as many.
     pub fn new(store: MemoryStore, receipt: &'static [u8]) -> Self {
-        let records = store.entry_count();
-        let weight = u32::try_from(store.weighted_size() / records.max(1)).expect("small");
-        let bare: BareCache = moka::sync::Cache::builder()
-            .max_capacity(store.max_bytes())
-            .weigher(move |_, _| weight)
-            .eviction_policy(EvictionPolicy::lru())
-            .build_with_hasher(foldhash::quality::RandomState::default());
-        for i in 0..records {
-            bare.insert(prefill_key(i), (record(StatusCode::OK, receipt), 0));
-        }
-        bare.run_pending_tasks();
         Self {
+            bare: bare_cache(&store, receipt),
             store,
-            bare,
             receipt,
             // Past every key the prefill used.
             next_key: Arc::new(AtomicU64::new(1 << 40)),
@@ -305,6 +311,87 @@ impl Split {
         let key = self.fresh_key();
         let completed = record(StatusCode::OK, self.receipt);
         self.bare.insert(key, (completed, u64::MAX));
+    }
+}
+
+/// The key under which [`floor`] finds its record in the bare cache.
+pub const FLOOR_KEY: &str = "floor-replayed";
+
+/// Keeps, in `cache` (a [`bare_cache`] of its own, which nothing else inserts into, or its LRU
+/// order would push the record out), the record [`floor`] replays to `body`: the handler's answer `receipt`
+/// (`status`, as JSON), under [`FLOOR_KEY`], with the digest of a `POST` of `body` as JSON to the
+/// route `path`.
+pub fn keep_floor_record(
+    cache: &BareCache,
+    path: &str,
+    body: &[u8],
+    status: StatusCode,
+    receipt: &'static [u8],
+) {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let digest = RequestDigest::new(
+        &http::Method::POST,
+        Some(path),
+        path,
+        None,
+        Some(b"application/json"),
+        body,
+    );
+    let completed = Arc::new(Completed {
+        fingerprint: Fingerprint::from_bytes([0x42; 32]),
+        request_digest: Some(digest),
+        response: StoredResponse::new(status, &headers, Bytes::from_static(receipt)),
+    });
+    let key = IdempotencyKey::parse(FLOOR_KEY.as_bytes(), 255).expect("valid key");
+    cache.insert(StoreKey::new(Scope::ANONYMOUS, key), (completed, u64::MAX));
+}
+
+/// The least a replay can do, written straight against axum, moka and the record's own code,
+/// without the layer around them: the key read and checked, the body read, the request's
+/// SHA-256 digest, one moka `get` (which marks the record used), the digest compared, and the
+/// stored answer built. What a replay through `#[idempotent]` costs beyond it is the layer's
+/// plumbing; what it costs beyond a plain request is what any replay of the SPEC's costs.
+pub async fn floor(
+    axum::extract::State(cache): axum::extract::State<BareCache>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let (parts, body) = request.into_parts();
+    let Some(key) = parts
+        .headers
+        .get("idempotency-key")
+        .and_then(|value| IdempotencyKey::parse(value.as_bytes(), 255).ok())
+    else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let key = StoreKey::new(Scope::ANONYMOUS, key);
+    let Ok(body) = axum::body::to_bytes(body, 2 << 20).await else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let digest = RequestDigest::new(
+        &parts.method,
+        parts
+            .extensions
+            .get::<axum::extract::MatchedPath>()
+            .map(axum::extract::MatchedPath::as_str),
+        parts.uri.path(),
+        parts.uri.query(),
+        parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .map(HeaderValue::as_bytes),
+        &body,
+    );
+    match cache.get(&key) {
+        Some((completed, _)) if completed.request_digest == Some(digest) => completed
+            .response
+            .replay()
+            .unwrap_or_else(|_| StatusCode::GONE.into_response()),
+        _ => StatusCode::NOT_FOUND.into_response(),
     }
 }
 
