@@ -23,6 +23,8 @@
 //!   into a bare moka cache configured as the store's and filled to the same bound. With `plain`
 //!   and `first` they split what a first execution adds over HTTP as bench 1 splits it in
 //!   process: moka's insertion at the bound, the rest of the store, the rest of the layer;
+//! - `POST /moka_roomy/charges`: the plain handler plus moka's own insertion of such a record into
+//!   a bare cache of 4 GiB that the load never fills: `roomy`'s moka alone;
 //! - `POST /floor/charges`: not the layer but the least any replay can do, written straight
 //!   against axum, moka and the record's code (`support::floor`), on a full bare cache of its own: the key,
 //!   the body, its SHA-256 digest, one moka `get` at the bound, the stored answer. Its record is
@@ -99,6 +101,14 @@ async fn store_charge(
     Json(charge): Json<NewCharge>,
 ) -> (StatusCode, Json<Charge>) {
     split().store_once();
+    ledger.charge(charge)
+}
+
+async fn moka_roomy_charge(
+    State(ledger): State<Ledger>,
+    Json(charge): Json<NewCharge>,
+) -> (StatusCode, Json<Charge>) {
+    split().moka_roomy_once();
     ledger.charge(charge)
 }
 
@@ -189,6 +199,7 @@ fn main() {
             .route("/busy/charges", post(busy_charge))
             .route("/store/charges", post(store_charge))
             .route("/moka/charges", post(moka_charge))
+            .route("/moka_roomy/charges", post(moka_roomy_charge))
             // The process-wide configuration: no layer.
             .route("/full/charges", post(idempotent_charge))
             .route(

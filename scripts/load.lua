@@ -1,10 +1,11 @@
--- wrk script for scripts/load.sh: POST a charge to benches/load_server.rs, in one of ten modes
+-- wrk script for scripts/load.sh: POST a charge to benches/load_server.rs, in one of eleven modes
 -- given as the script's first argument, with a name for this run's keys as the second
 -- (`wrk ... -s scripts/load.lua -- MODE RUN`):
 --   plain   /plain/charges, the handler without the attribute, no key;
 --   busy    /busy/charges, the plain handler spinning a fixed time on the CPU, no key;
 --   store   /store/charges, the plain handler plus a claim and a completion on the full store;
 --   moka    /moka/charges, the plain handler plus moka's own insertion at the bound;
+--   moka_roomy  /moka_roomy/charges, the same far from the bound;
 --   first   /full/charges, a key never sent before on every request: claim, run, store;
 --   forget  /full/charges, the same under keys whose completion the store forgets: a first
 --           execution without moka's insertion;
@@ -29,7 +30,8 @@ function init(args)
       wrk.path = "/full/charges"
    elseif mode == "roomy" then
       wrk.path = "/roomy/charges"
-   elseif mode == "busy" or mode == "store" or mode == "moka" or mode == "floor" then
+   elseif mode == "busy" or mode == "store" or mode == "moka" or mode == "moka_roomy"
+      or mode == "floor" then
       wrk.path = "/" .. mode .. "/charges"
    end
    -- Keys of separate runs must never meet: each run names its own.

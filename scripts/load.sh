@@ -22,7 +22,9 @@
 #   store   POST /store/charges: the plain handler plus a claim and a completion of a fresh key on
 #           the full store, outside the layer;
 #   moka    POST /moka/charges: the plain handler plus moka's own insertion of a record into a
-#           bare cache at the same bound.
+#           bare cache at the same bound;
+#   moka_roomy  POST /moka_roomy/charges: the plain handler plus moka's own insertion into a bare
+#           cache of 4 GiB that the load never fills (roomy's moka alone).
 #
 #   scripts/load.sh                  # 3 rounds of 10 s per mode
 #   ROUNDS=5 DURATION=20s CONNECTIONS=32 scripts/load.sh
@@ -41,7 +43,7 @@ CONNECTIONS=${CONNECTIONS:-16}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 PORT=${PORT:-3917}
-MODES=(plain first forget vacant roomy replay floor busy store moka)
+MODES=(plain first forget vacant roomy replay floor busy store moka moka_roomy)
 
 for tool in wrk taskset; do
     command -v "$tool" >/dev/null || { echo "load.sh needs $tool" >&2; exit 1; }
@@ -95,7 +97,7 @@ for round in $(seq "$ROUNDS"); do
         rps[$mode]+="$r "
         p99[$mode]+="$p "
         cpu[$mode]+="$c "
-        printf 'round %d %-6s %10s req/s  p99 %8s µs  server CPU %6s µs/req\n' "$round" "$mode" "$r" "$p" "$c" >&2
+        printf 'round %d %-10s %10s req/s  p99 %8s µs  server CPU %6s µs/req\n' "$round" "$mode" "$r" "$p" "$c" >&2
     done
 done
 
@@ -105,7 +107,7 @@ median() {
 
 echo
 echo "POST /*/charges over loopback, wrk -t1 -c$CONNECTIONS -d$DURATION, median of $ROUNDS rounds"
-printf '%-7s %12s %8s %10s %8s %14s %8s\n' mode 'req/s' ratio 'p99 µs' ratio 'CPU µs/req' ratio
+printf '%-10s %12s %8s %10s %8s %14s %8s\n' mode 'req/s' ratio 'p99 µs' ratio 'CPU µs/req' ratio
 base_r=$(median <<<"${rps[plain]}")
 base_p=$(median <<<"${p99[plain]}")
 base_c=$(median <<<"${cpu[plain]}")
@@ -114,7 +116,7 @@ for mode in "${MODES[@]}"; do
     p=$(median <<<"${p99[$mode]}")
     c=$(median <<<"${cpu[$mode]}")
     awk -v m="$mode" -v r="$r" -v br="$base_r" -v p="$p" -v bp="$base_p" -v c="$c" -v bc="$base_c" \
-        'BEGIN { printf "%-7s %12.0f %7.2fx %10.0f %7.2fx %14.2f %7.2fx\n", m, r, r / br, p, p / bp, c, c / bc }'
+        'BEGIN { printf "%-10s %12.0f %7.2fx %10.0f %7.2fx %14.2f %7.2fx\n", m, r, r / br, p, p / bp, c, c / bc }'
 done
 
 # The split, from the medians: what a first execution adds to a plain request's server CPU.
@@ -125,4 +127,14 @@ store_c=$(median <<<"${cpu[store]}")
 moka_c=$(median <<<"${cpu[moka]}")
 awk -v p="$base_c" -v f="$first_c" -v g="$forget_c" -v v="$vacant_c" -v s="$store_c" -v m="$moka_c" 'BEGIN {
     printf "\nfirst adds %.2f µs of server CPU to plain. In place: moka'"'"'s insertion and what it causes %.2f µs (first - forget), the look of a new key into moka'"'"'s full table %.2f µs (forget - vacant), the rest %.2f µs (vacant - plain); first without moka'"'"'s insertion is %.2fx plain, without its look too %.2fx. Outside the layer: the store'"'"'s claim and completion %.2f µs, of which moka'"'"'s insertion %.2f µs.\n", f - p, f - g, g - v, v - p, g / p, v / p, s - p, m - p
+}'
+
+# What a replay adds, against the least any replay can do; and what moka's insertion alone adds far
+# from its bound, against a first execution there.
+replay_c=$(median <<<"${cpu[replay]}")
+floor_c=$(median <<<"${cpu[floor]}")
+roomy_c=$(median <<<"${cpu[roomy]}")
+moka_roomy_c=$(median <<<"${cpu[moka_roomy]}")
+awk -v p="$base_c" -v r="$replay_c" -v f="$floor_c" -v y="$roomy_c" -v m="$moka_roomy_c" 'BEGIN {
+    printf "replay adds %.2f µs of server CPU to plain, the least a replay can do (floor) %.2f µs: the layer'"'"'s plumbing %.2f µs. Far from the bound, a first execution (roomy) adds %.2f µs, moka'"'"'s insertion alone there (moka_roomy) %.2f µs (%.2fx plain).\n", r - p, f - p, r - f, y - p, m - p, m / p
 }'
