@@ -46,7 +46,6 @@
 #![allow(clippy::print_stdout, missing_docs)]
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -180,7 +179,8 @@ struct Bench {
     /// The `store` and `moka` ways.
     split: Split,
     body: Bytes,
-    next_key: Arc<AtomicU64>,
+    /// The `replay` way's key: one per body size, as the full store is shared by every size.
+    replay_key: HeaderValue,
 }
 
 impl Bench {
@@ -218,12 +218,15 @@ impl Bench {
                 .with_state(floor),
             split,
             body,
-            next_key: Arc::new(AtomicU64::new(1 << 40)),
+            replay_key: HeaderValue::from_str(&format!("replayed-{size}")).expect("ascii"),
         }
     }
 
+    /// A key no request of this process sent before. The full store is shared by every body
+    /// size, so the count is too: a key that one size completed would answer another's `422`.
     fn fresh_key(&self) -> u64 {
-        self.next_key.fetch_add(1, Ordering::Relaxed)
+        static NEXT_KEY: AtomicU64 = AtomicU64::new(1 << 40);
+        NEXT_KEY.fetch_add(1, Ordering::Relaxed)
     }
 
     fn request(&self, key: Option<HeaderValue>) -> Request<Body> {
@@ -242,7 +245,7 @@ impl Bench {
         let (router, key) = match way {
             Way::Plain => (&self.plain, None),
             Way::NoKey => (&self.idempotent, None),
-            Way::Replay => (&self.idempotent, Some(HeaderValue::from_static("replayed"))),
+            Way::Replay => (&self.idempotent, Some(self.replay_key.clone())),
             Way::Floor => (&self.floor, Some(HeaderValue::from_static(FLOOR_KEY))),
             Way::First | Way::Forget | Way::Vacant | Way::Roomy => {
                 // Keys of the same length every way: each prefix is seven characters.
