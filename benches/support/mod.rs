@@ -249,14 +249,18 @@ pub type BareCache =
 /// A bare cache beside `store`, full and filled with records of `receipt`: weighing each record
 /// as the store does, and filled with as many.
 pub fn bare_cache(store: &MemoryStore, receipt: &'static [u8]) -> BareCache {
-    let records = store.entry_count();
-    let weight = u32::try_from(store.weighted_size() / records.max(1)).expect("small");
-    let bare = empty_bare_cache(store.max_bytes(), weight);
-    for i in 0..records {
+    let bare = empty_bare_cache(store.max_bytes(), record_weight(store));
+    for i in 0..store.entry_count() {
         bare.insert(prefill_key(i), (record(StatusCode::OK, receipt), 0));
     }
     bare.run_pending_tasks();
     bare
+}
+
+/// What the full `store` charges a record against its bound, on average.
+fn record_weight(store: &MemoryStore) -> u32 {
+    let records = store.entry_count().max(1);
+    u32::try_from(store.weighted_size() / records).expect("small")
 }
 
 /// An empty bare cache of `max_bytes`, configured as the store's cache (LRU), weighing every
@@ -288,11 +292,9 @@ impl Split {
     /// The split for `store`, full and filled with records of `receipt`: a bare cache beside it,
     /// weighing each record as the store does and filled with as many.
     pub fn new(store: MemoryStore, receipt: &'static [u8]) -> Self {
-        let records = store.entry_count();
-        let weight = u32::try_from(store.weighted_size() / records.max(1)).expect("small");
         Self {
             bare: bare_cache(&store, receipt),
-            roomy: empty_bare_cache(4 << 30, weight),
+            roomy: empty_bare_cache(4 << 30, record_weight(&store)),
             store,
             receipt,
             // Past every key the prefill used.
@@ -336,10 +338,10 @@ impl Split {
 /// The key under which [`floor`] finds its record in the bare cache.
 pub const FLOOR_KEY: &str = "floor-replayed";
 
-/// Keeps, in `cache` (a [`bare_cache`] of its own, which nothing else inserts into, or its LRU
-/// order would push the record out), the record [`floor`] replays to `body`: the handler's answer `receipt`
+/// Keeps, in `cache`, the record [`floor`] replays to `body`: the handler's answer `receipt`
 /// (`status`, as JSON), under [`FLOOR_KEY`], with the digest of a `POST` of `body` as JSON to the
-/// route `path`.
+/// route `path`. `cache` is a [`bare_cache`] of the floor's own: anything else inserting into it
+/// would, at its bound, push the record out.
 pub fn keep_floor_record(
     cache: &BareCache,
     path: &str,
