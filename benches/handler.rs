@@ -204,8 +204,6 @@ impl Bench {
         .expect("serializable");
         let receipt: &'static [u8] = Box::leak(receipt.into_boxed_slice());
         let split = Split::new(full_store(receipt), receipt);
-        let floor = support::bare_cache(&full_store(receipt), receipt);
-        support::keep_floor_record(&floor, "/charges", &body, StatusCode::OK, receipt);
         Self {
             plain: Router::new().route("/charges", post(charge)),
             // The full store is the process-wide configuration: no layer.
@@ -213,9 +211,13 @@ impl Bench {
             roomy: Router::new()
                 .route("/charges", post(idempotent_charge))
                 .layer(layer(MemoryStore::builder().max_bytes(4 << 30).build())),
-            floor: Router::new()
-                .route("/charges", post(support::floor))
-                .with_state(floor),
+            floor: support::floor_router(
+                "/charges",
+                &full_store(receipt),
+                &body,
+                StatusCode::OK,
+                receipt,
+            ),
             split,
             body,
             replay_key: HeaderValue::from_str(&format!("replayed-{size}")).expect("ascii"),

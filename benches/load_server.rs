@@ -165,17 +165,13 @@ fn main() {
             full.weighted_size(),
             full.max_bytes()
         );
-        let bare = support::bare_cache(&full, receipt);
-        support::keep_floor_record(
-            &bare,
+        let floor = support::floor_router(
             "/floor/charges",
+            &full,
             br#"{"amount":1999,"currency":"eur"}"#,
             StatusCode::CREATED,
             receipt,
         );
-        let floor = Router::new()
-            .route("/floor/charges", post(support::floor))
-            .with_state(bare);
         SPLIT
             .set(support::Split::new(full.clone(), receipt))
             .unwrap_or_else(|_| unreachable!("set once"));

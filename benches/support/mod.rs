@@ -338,17 +338,19 @@ impl Split {
 /// The key under which [`floor`] finds its record in the bare cache.
 pub const FLOOR_KEY: &str = "floor-replayed";
 
-/// Keeps, in `cache`, the record [`floor`] replays to `body`: the handler's answer `receipt`
-/// (`status`, as JSON), under [`FLOOR_KEY`], with the digest of a `POST` of `body` as JSON to the
-/// route `path`. `cache` is a [`bare_cache`] of the floor's own: anything else inserting into it
-/// would, at its bound, push the record out.
-pub fn keep_floor_record(
-    cache: &BareCache,
+/// The route `path` served by [`floor`], on a [`bare_cache`] of its own beside `store` (anything
+/// else inserting into it would, at its bound, push the floor's record out), which keeps the
+/// record [`floor`] replays to `body`: the handler's answer `receipt` (`status`, as JSON), under
+/// [`FLOOR_KEY`], with the digest of a `POST` of `body` as JSON to `path`. The cache lives as long
+/// as the process.
+pub fn floor_router(
     path: &str,
+    store: &MemoryStore,
     body: &[u8],
     status: StatusCode,
     receipt: &'static [u8],
-) {
+) -> axum::Router {
+    let cache: &'static BareCache = Box::leak(Box::new(bare_cache(store, receipt)));
     let mut headers = HeaderMap::new();
     headers.insert(
         http::header::CONTENT_TYPE,
@@ -369,6 +371,9 @@ pub fn keep_floor_record(
     });
     let key = IdempotencyKey::parse(FLOOR_KEY.as_bytes(), 255).expect("valid key");
     cache.insert(StoreKey::new(Scope::ANONYMOUS, key), (completed, u64::MAX));
+    axum::Router::new()
+        .route(path, axum::routing::post(floor))
+        .with_state(cache)
 }
 
 /// The least a replay can do, written straight against axum, moka and the record's own code,
@@ -376,8 +381,11 @@ pub fn keep_floor_record(
 /// SHA-256 digest, one moka `get` (which marks the record used), the digest compared, and the
 /// stored answer built. What a replay through `#[idempotent]` costs beyond it is the layer's
 /// plumbing; what it costs beyond a plain request is what any replay of the SPEC's costs.
+///
+/// The cache is borrowed for the process's life (see [`floor_router`]): a `State` of the cache
+/// itself would clone moka's handle, several reference counts, on every request.
 pub async fn floor(
-    axum::extract::State(cache): axum::extract::State<BareCache>,
+    axum::extract::State(cache): axum::extract::State<&'static BareCache>,
     request: axum::extract::Request,
 ) -> axum::response::Response {
     use axum::response::IntoResponse as _;
