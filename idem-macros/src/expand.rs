@@ -63,7 +63,7 @@ fn expand(handler: &Handler, args: &Args) -> TokenStream {
             .map(|(index, (arg, ident))| {
                 let ty = &arg.param.ty;
                 if last_wrapped && index == last_index {
-                    quote!(#ident: #private::Last<#ty>)
+                    quote!(#ident: #private::Last<#ty, #options_ty>)
                 } else {
                     quote!(#ident: #ty)
                 }
@@ -81,17 +81,29 @@ fn expand(handler: &Handler, args: &Args) -> TokenStream {
             let span = Span::call_site().located_at(arg.param.ty.span());
             let ident = format_ident!("__idem_arg{}", index, span = span);
             if last_wrapped && index == last_index {
-                quote_spanned! {span=>
-                    let #ident = match __idem_ctx.body(#ident).await {
-                        ::core::result::Result::Ok(value) => value,
-                        ::core::result::Result::Err(response) => return response,
-                    };
-                }
+                quote_spanned!(span=> let #ident = __idem_ctx.body(#ident);)
             } else {
                 quote_spanned!(span=> __idem_ctx.input(&#ident);)
             }
         })
         .collect();
+    // Whether a byte-identical retry is answered by `Last`, before the last argument is
+    // extracted: only if that argument is wrapped and every input is determined by the request's
+    // bytes. The probe answers `false` for a type that is not an input, which is reported once,
+    // where it is fed.
+    let exact_replay = last_wrapped.then(|| {
+        let probes = handler.args.iter().filter(|arg| !arg.skip).map(|arg| {
+            let ty = &arg.param.ty;
+            quote!((&&#private::InputProbe::<#ty>::NEW).exact())
+        });
+        quote! {
+            fn exact_replay() -> bool {
+                #[allow(unused_imports)]
+                use #private::{ProbeInput as _, ProbeOther as _};
+                true #(&& #probes)*
+            }
+        }
+    });
     let ctx_mut = if inputs.is_empty() {
         quote!()
     } else {
@@ -133,6 +145,7 @@ fn expand(handler: &Handler, args: &Args) -> TokenStream {
             };
             const OPERATION_ID: &'static str = #operation_id;
             const PATH: ::core::option::Option<&'static str> = #path;
+            #exact_replay
         }
 
         #(#attrs)*

@@ -52,7 +52,9 @@ pub use crate::store::{IdempotencyStore, MemoryStore};
 pub mod __private {
     pub use crate::config::handler::{HandlerOptions, Methods};
     pub use crate::config::{ConflictPolicy, KeepPolicy};
-    pub use crate::execute::{Context, HandlerConfig, KeyRejection, Last};
+    pub use crate::execute::{
+        Context, HandlerConfig, InputProbe, KeyRejection, Last, ProbeInput, ProbeOther,
+    };
     pub use crate::fingerprint::FingerprintInput;
     pub use crate::problem::Renderer;
     pub use axum::response::Response;

@@ -1,8 +1,9 @@
 //! The second phase: the handler's last argument, read into memory first so that a retry that
-//! repeats a completed request byte for byte is answered before its body is parsed.
+//! repeats a completed request byte for byte is answered before its body is parsed, by the
+//! extractor itself.
 
+use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{self, Poll};
 
 use axum::RequestExt as _;
@@ -11,78 +12,67 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::FutureExt as _;
-use futures_util::future::{BoxFuture, Either};
+use futures_util::future::Either;
 use http::request::Parts;
 
+use super::HandlerConfig;
 use super::claim::replay;
 use super::prepare::{Prepared, request_line};
+use crate::config::Idempotency;
 use crate::fingerprint::{FingerprintInput, RequestDigest};
-use crate::store::{Completed, IdempotencyStore, StoreKey};
+use crate::metrics::Route;
+use crate::problem::Renderer;
+use crate::store::StoreKey;
 
 /// What [`Context`](super::Context) leaves on a request that takes part in idempotency, for the
 /// handler's last extractor, [`Last`]: where to look for a completed record of the same key, so
-/// that a byte-identical retry is found before its body is parsed.
+/// that a byte-identical retry is answered before its body is parsed. Left only for a handler
+/// whose inputs are all determined by the request's bytes ([`HandlerConfig::exact_replay`]).
 #[derive(Clone)]
 pub(super) struct Peek {
-    store: Arc<dyn IdempotencyStore>,
+    config: Idempotency,
     key: StoreKey,
 }
 
 impl Peek {
     pub(super) fn new(request: &Prepared) -> Self {
         Self {
-            store: Arc::clone(request.config.store()),
+            config: request.config.clone(),
             key: request.key.clone(),
         }
     }
 }
 
 /// The last argument of an `#[idempotent]` handler, wrapped: `T`, extracted as usual, except that
-/// for a request with an idempotency key the body is first read into memory and its digest looked
-/// up, so that [`Context::body`](super::Context::body) can answer a byte-identical retry of a
-/// completed request without parsing it.
+/// for a request with an idempotency key, to a handler whose every input is determined by the
+/// request's bytes, the body is first read into memory and its digest looked up, and a
+/// byte-identical retry of a completed request is answered with the replay (the extractor's
+/// rejection, `Err`) without `T` being extracted at all.
 ///
 /// The body is read under the same limit `T` would apply (axum's
 /// [`DefaultBodyLimit`](axum::extract::DefaultBodyLimit)); if reading fails, `T` is handed the
 /// failure and answers with its own rejection, as it would have. An extractor that reads no body
 /// (`Path`, `Query`, …) is simply extracted.
-pub struct Last<T>(LastState<T>);
-
-#[allow(
-    clippy::large_enum_variant,
-    reason = "a `Last` lives for one request; boxing the parts would cost an allocation per replay to save a few hundred bytes of stack"
-)]
-enum LastState<T> {
-    /// Extracted; `digest` is the request's, when its body was read first.
-    Extracted {
-        value: T,
-        digest: Option<RequestDigest>,
-    },
-    /// A byte-identical retry of a completed request, not extracted yet: if the handler's other
-    /// inputs are determined by the request's bytes too, it is answered with the replay of
-    /// `completed`; otherwise `extract` makes the value, and the retry takes the claim's way.
-    Repeated {
-        completed: Arc<Completed>,
-        parts: Parts,
-        body: Bytes,
-        extract: Box<dyn FnOnce(Request) -> BoxFuture<'static, Result<T, Response>> + Send>,
-    },
+pub struct Last<T, O> {
+    value: T,
+    /// The request's digest, when its body was read first.
+    digest: Option<RequestDigest>,
+    _options: PhantomData<fn() -> O>,
 }
 
-impl<T> std::fmt::Debug for Last<T> {
+impl<T, O> std::fmt::Debug for Last<T, O> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = match &self.0 {
-            LastState::Extracted { .. } => "extracted",
-            LastState::Repeated { .. } => "repeated",
-        };
-        f.debug_tuple("Last").field(&state).finish()
+        f.debug_struct("Last")
+            .field("read_first", &self.digest.is_some())
+            .finish_non_exhaustive()
     }
 }
 
-impl<S, T> FromRequest<S> for Last<T>
+impl<S, T, O> FromRequest<S> for Last<T, O>
 where
     S: Clone + Send + Sync + 'static,
     T: FromRequest<S> + Send + 'static,
+    O: HandlerConfig,
 {
     type Rejection = Response;
 
@@ -95,11 +85,9 @@ where
         state: &S,
     ) -> impl Future<Output = Result<Self, Response>> + Send {
         // Two futures made here rather than one `async fn`, so that the extractor's future is not
-        // held beside the request it consumes. (Whether `T` is determined by the request's bytes is
-        // not asked here: a bound on it would turn a missing `FingerprintInput` into a handler
-        // that axum refuses. `Context::body` asks it.)
+        // held beside the request it consumes.
         match request.extensions_mut().remove::<Peek>() {
-            Some(peek) => Either::Right(read_first(request, state, peek)),
+            Some(peek) => Either::Right(read_first::<S, T, O>(request, state, peek)),
             None => {
                 Either::Left(T::from_request(request, state).map(|value| extracted(value, None)))
             }
@@ -113,18 +101,22 @@ where
     clippy::result_large_err,
     reason = "the error is the request's answer, moved once; boxing it would cost an allocation"
 )]
-fn extracted<T, E: IntoResponse>(
+fn extracted<T, O, E: IntoResponse>(
     extracted: Result<T, E>,
     digest: Option<RequestDigest>,
-) -> Result<Last<T>, Response> {
+) -> Result<Last<T, O>, Response> {
     match extracted {
-        Ok(value) => Ok(Last(LastState::Extracted { value, digest })),
+        Ok(value) => Ok(Last {
+            value,
+            digest,
+            _options: PhantomData,
+        }),
         Err(rejection) => Err(rejection.into_response()),
     }
 }
 
-/// A [`Last`] whose body is read into memory and looked up before `T` is extracted from it: `T`
-/// is extracted at once unless the store holds a completed record of this very request.
+/// A [`Last`] whose body is read into memory and looked up before `T` is extracted from it: the
+/// replay of a byte-identical retry of a completed request (`Err`), or else `T`, extracted.
 ///
 /// Two futures one after the other (`then`), so that the reading's state and `T`'s future share
 /// their room instead of sitting side by side in one `async fn`.
@@ -132,44 +124,44 @@ fn extracted<T, E: IntoResponse>(
     clippy::result_large_err,
     reason = "the error is the request's answer, moved once; boxing it would cost an allocation"
 )]
-fn read_first<'a, S, T>(
+fn read_first<'a, S, T, O>(
     request: Request,
     state: &'a S,
     peek: Peek,
-) -> impl Future<Output = Result<Last<T>, Response>> + Send + 'a
+) -> impl Future<Output = Result<Last<T, O>, Response>> + Send + 'a
 where
     S: Clone + Send + Sync + 'static,
     T: FromRequest<S> + Send + 'static,
+    O: HandlerConfig,
 {
-    look_up(request, state, peek).then(move |read| match read {
-        Read::Repeated(last) => Either::Left(std::future::ready(Ok(last))),
-        Read::Extract(request, digest) => Either::Right(
+    look_up(request, peek, O::OPTIONS.errors).then(move |read| match read {
+        Err(replay) => Either::Left(std::future::ready(Err(replay))),
+        Ok((request, digest)) => Either::Right(
             T::from_request(request, state).map(move |value| extracted(value, digest)),
         ),
     })
 }
 
-/// What reading the body first found.
-enum Read<T> {
-    /// A byte-identical retry of a completed request.
-    Repeated(Last<T>),
-    /// Anything else: the request to extract `T` from, its body in memory (or the failure to read
-    /// it), and its digest.
-    Extract(Request, Option<RequestDigest>),
-}
-
-async fn look_up<S, T>(request: Request, state: &S, peek: Peek) -> Read<T>
-where
-    S: Clone + Send + Sync + 'static,
-    T: FromRequest<S> + Send + 'static,
-{
+/// Reads the body into memory and looks its request up: the replay of a byte-identical retry of
+/// a completed request (`Err`, in the format `errors`, or the configuration's, should it answer
+/// `410`), or else the request to extract the last argument from, its body in memory (or the
+/// failure to read it), with its digest.
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the request's answer, moved once; boxing it would cost an allocation"
+)]
+async fn look_up(
+    request: Request,
+    peek: Peek,
+    errors: Option<Renderer>,
+) -> Result<(Request, Option<RequestDigest>), Response> {
     let (parts, body) = request.with_limited_body().into_parts();
     let body = match crate::collect::to_bytes(body).await {
         Ok(body) => body,
         // The extractor reads the failure in place of the body, and rejects it as its own.
         Err(error) => {
             let failed = Body::new(Failed(Some(innermost(error))));
-            return Read::Extract(Request::from_parts(parts, failed), None);
+            return Ok((Request::from_parts(parts, failed), None));
         }
     };
     let (method, route, path, query) = request_line(&parts);
@@ -178,39 +170,18 @@ where
         .get(http::header::CONTENT_TYPE)
         .map(http::HeaderValue::as_bytes);
     let digest = RequestDigest::new(method, route, path, query, content_type, &body);
-    if let Some(completed) = peek.store.peek(&peek.key)
+    if let Some(completed) = peek.config.store().peek(&peek.key)
         && completed.request_digest == Some(digest)
     {
-        return Read::Repeated(Last(LastState::Repeated {
-            completed,
-            parts,
-            body,
-            extract: later(state.clone()),
-        }));
+        tracing::debug!(target: "idem", outcome = "replayed", exact = true, key = %peek.key.key(), status = completed.response.status().as_u16(), "replaying stored response to a byte-identical retry");
+        Route::of(&parts).outcome("replayed");
+        let errors = errors.as_ref().unwrap_or(&peek.config.settings().errors);
+        return Err(replay(errors, &completed));
     }
-    Read::Extract(Request::from_parts(parts, Body::from(body)), Some(digest))
+    Ok((Request::from_parts(parts, Body::from(body)), Some(digest)))
 }
 
-/// The extraction of `T` from a request yet to be made, for a [`Last`] answered later.
-fn later<S, T>(
-    state: S,
-) -> Box<dyn FnOnce(Request) -> BoxFuture<'static, Result<T, Response>> + Send>
-where
-    S: Send + Sync + 'static,
-    T: FromRequest<S> + Send + 'static,
-{
-    Box::new(
-        move |request: Request| -> BoxFuture<'static, Result<T, Response>> {
-            Box::pin(async move {
-                T::from_request(request, &state)
-                    .await
-                    .map_err(IntoResponse::into_response)
-            })
-        },
-    )
-}
-
-impl<S, T> FromRequestParts<S> for Last<T>
+impl<S, T, O> FromRequestParts<S> for Last<T, O>
 where
     S: Send + Sync,
     T: FromRequestParts<S>,
@@ -218,66 +189,27 @@ where
     type Rejection = T::Rejection;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, T::Rejection> {
-        T::from_request_parts(parts, state).await.map(|value| {
-            Self(LastState::Extracted {
-                value,
-                digest: None,
-            })
+        T::from_request_parts(parts, state).await.map(|value| Self {
+            value,
+            digest: None,
+            _options: PhantomData,
         })
     }
 }
 
-/// Extracts the value inside `last` and feeds it to `request`'s fingerprint, or answers a
-/// byte-identical retry of a completed request with its replay (`Err`) when every input of the
-/// handler is determined by the request's bytes.
-///
-/// The future is made here rather than by an `async fn`, so that it does not hold `last` beside
-/// the future that consumes it.
-pub(super) fn extract<'a, T: FingerprintInput + 'a>(
-    request: Option<&'a mut Prepared>,
-    last: Last<T>,
-) -> impl Future<Output = Result<T, Response>> + 'a {
-    match last.0 {
-        LastState::Extracted { value, digest } => {
-            if let Some(request) = request {
-                request.input(&value);
-                if request.exact {
-                    request.digest = digest;
-                }
-            }
-            Either::Left(std::future::ready(Ok(value)))
-        }
-        LastState::Repeated {
-            completed,
-            parts,
-            body,
-            extract,
-        } => Either::Right(repeated(request, completed, parts, body, extract)),
-    }
-}
-
-/// The answer to a byte-identical retry of `completed`: its replay if every input is determined by
-/// the request's bytes; otherwise the last input, extracted now.
-async fn repeated<T: FingerprintInput>(
+/// The value inside `last`, fed to `request`'s fingerprint, with the request's digest kept if
+/// every input of the handler is determined by the request's bytes.
+pub(super) fn extract<T: FingerprintInput, O>(
     request: Option<&mut Prepared>,
-    completed: Arc<Completed>,
-    parts: Parts,
-    body: Bytes,
-    extract: Box<dyn FnOnce(Request) -> BoxFuture<'static, Result<T, Response>> + Send>,
-) -> Result<T, Response> {
-    if let Some(request) = &request
-        && request.exact
-        && T::FROM_REQUEST_BYTES
-    {
-        tracing::debug!(target: "idem", outcome = "replayed", exact = true, key = %request.key.key(), status = completed.response.status().as_u16(), "replaying stored response to a byte-identical retry");
-        request.route.outcome("replayed");
-        return Err(replay(&request.settings, &completed));
-    }
-    let value = extract(Request::from_parts(parts, Body::from(body))).await?;
+    last: Last<T, O>,
+) -> T {
     if let Some(request) = request {
-        request.input(&value);
+        request.input(&last.value);
+        if request.exact {
+            request.digest = last.digest;
+        }
     }
-    Ok(value)
+    last.value
 }
 
 /// The error inside the layers of `axum::Error` that bodies wrap around it, so that an extractor

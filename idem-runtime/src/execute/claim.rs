@@ -11,7 +11,7 @@ use tokio::time::{Instant, sleep, timeout};
 use crate::config::{ConflictPolicy, Settings};
 use crate::fingerprint::Fingerprint;
 use crate::metrics::{Route, StoreTimer};
-use crate::problem::Problem;
+use crate::problem::{Problem, Renderer};
 use crate::replay::NotKept;
 use crate::store::{Claim, ClaimToken, Completed, IdempotencyStore, Record, StoreError, StoreKey};
 
@@ -99,18 +99,17 @@ fn answer_existing(
         Record::Done(completed) => {
             tracing::debug!(target: "idem", outcome = "replayed", key = %key.key(), status = completed.response.status().as_u16(), "replaying stored response");
             route.outcome("replayed");
-            replay(settings, completed)
+            replay(&settings.errors, completed)
         }
     }
 }
 
-/// The replay of a completed request; `410` when its body was too large to keep.
-pub(super) fn replay(settings: &Settings, completed: &Completed) -> Response {
+/// The replay of a completed request; `410`, in the format `errors`, when its body was too large
+/// to keep.
+pub(super) fn replay(errors: &Renderer, completed: &Completed) -> Response {
     match completed.response.replay() {
         Ok(replay) => replay,
-        Err(NotKept { status, len }) => settings
-            .errors
-            .render(&Problem::response_not_kept(status, len)),
+        Err(NotKept { status, len }) => errors.render(&Problem::response_not_kept(status, len)),
     }
 }
 

@@ -25,7 +25,52 @@ pub trait HandlerConfig: Send + Sync + 'static {
     const OPERATION_ID: &'static str = "";
     /// The `path` of a `#[utoipa::path]` below the attribute, when it is a string.
     const PATH: Option<&'static str> = None;
+
+    /// Whether a byte-identical retry of a completed request can be answered before the handler's
+    /// last argument is extracted: that argument is taken through [`Last`], and every input of the
+    /// handler is [determined by the request's bytes](FingerprintInput::FROM_REQUEST_BYTES). The
+    /// expansion says so with [`InputProbe`]; without it, every retry takes the claim's way.
+    #[must_use]
+    fn exact_replay() -> bool {
+        false
+    }
 }
+
+/// Whether an argument of type `T` is determined by the request's bytes, asked by the expansion of
+/// `#[idempotent]` for [`HandlerConfig::exact_replay`] as `(&&InputProbe::<T>::NEW).exact()`.
+///
+/// The method resolves to [`ProbeInput::exact`], which reads
+/// [`FingerprintInput::FROM_REQUEST_BYTES`], when `T` is an input, and otherwise to
+/// [`ProbeOther::exact`], which answers `false`: a type that is not an input is reported once,
+/// where the expansion feeds it to the fingerprint, and not a second time here.
+pub struct InputProbe<T: ?Sized>(PhantomData<fn() -> PhantomData<T>>);
+
+impl<T: ?Sized> InputProbe<T> {
+    /// The probe.
+    pub const NEW: Self = Self(PhantomData);
+}
+
+/// [`InputProbe`] of a [`FingerprintInput`].
+pub trait ProbeInput {
+    /// Whether the input is determined by the request's bytes.
+    fn exact(&self) -> bool;
+}
+
+impl<T: FingerprintInput + ?Sized> ProbeInput for &InputProbe<T> {
+    fn exact(&self) -> bool {
+        T::FROM_REQUEST_BYTES
+    }
+}
+
+/// [`InputProbe`] of any other type.
+pub trait ProbeOther {
+    /// `false`: the type is not an input (and fails to compile where it is fed).
+    fn exact(&self) -> bool {
+        false
+    }
+}
+
+impl<T: ?Sized> ProbeOther for InputProbe<T> {}
 
 /// The idempotency state of one request: the first extractor of an `#[idempotent]` handler.
 ///
@@ -52,7 +97,9 @@ impl<O: HandlerConfig, S: Send + Sync> FromRequestParts<S> for Context<O> {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, KeyRejection> {
         let request = prepare(parts, &O::OPTIONS)?;
-        if let Some(request) = &request {
+        if let Some(request) = &request
+            && O::exact_replay()
+        {
             parts.extensions.insert(Peek::new(request));
         }
         let transaction = Offer::make(
@@ -82,22 +129,10 @@ impl<O> Context<O> {
         }
     }
 
-    /// Takes the handler's last argument, after every other one went through [`Context::input`].
-    ///
-    /// A retry that repeats a completed request byte for byte is answered here, with the replay
-    /// (`Err`), before its body is parsed — provided every input of the handler is
-    /// [determined by the request's bytes](FingerprintInput::FROM_REQUEST_BYTES) and the store
-    /// can [peek](crate::store::IdempotencyStore::peek) at the record. Otherwise the argument is
-    /// extracted (`Err` with the extractor's rejection if it fails), added to the fingerprint and
-    /// returned.
-    ///
-    /// # Errors
-    ///
-    /// The response to send instead of running the handler: the replay, or the rejection.
-    pub fn body<'a, T: FingerprintInput + 'a>(
-        &'a mut self,
-        last: Last<T>,
-    ) -> impl Future<Output = Result<T, Response>> + 'a {
+    /// Takes the handler's last argument, after every other one went through [`Context::input`],
+    /// and adds it to the request's fingerprint. (A byte-identical retry of a completed request
+    /// never gets here: [`Last`] answered it with the replay.)
+    pub fn body<T: FingerprintInput>(&mut self, last: Last<T, O>) -> T {
         body::extract(self.request.as_deref_mut(), last)
     }
 

@@ -43,5 +43,5 @@ mod record;
 mod transaction;
 
 pub use self::body::Last;
-pub use self::context::{Context, HandlerConfig};
+pub use self::context::{Context, HandlerConfig, InputProbe, ProbeInput, ProbeOther};
 pub use self::prepare::KeyRejection;
