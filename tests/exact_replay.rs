@@ -360,3 +360,59 @@ async fn without_a_key_the_body_is_parsed_every_time() {
     assert_eq!(extractions(""), 2);
     assert_eq!(probe.runs(), 2);
 }
+
+/// An extractor that empties the request's extensions (as a badly behaved one might), and says
+/// it is determined by the request's bytes: what `#[idempotent]` left there for the last argument
+/// is gone before that argument is extracted.
+struct Wipes;
+
+impl<S: Send + Sync> FromRequestParts<S> for Wipes {
+    type Rejection = StatusCode;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, StatusCode> {
+        parts.extensions = axum::http::Extensions::new();
+        Ok(Self)
+    }
+}
+
+impl FingerprintInput for Wipes {
+    const FROM_REQUEST_BYTES: bool = true;
+
+    fn fingerprint(&self, _fp: &mut Fingerprinter) {}
+}
+
+#[idempotent(post)]
+async fn wiped_charge(
+    State(probe): State<Probe>,
+    _wipes: Wipes,
+    Json(charge): Json<Value>,
+) -> impl IntoResponse {
+    probe.run();
+    (StatusCode::CREATED, charge.to_string())
+}
+
+#[tokio::test]
+async fn a_request_whose_key_is_lost_before_its_last_argument_fails_closed() {
+    let probe = Probe::default();
+    let app = app(
+        Router::new().route("/wiped-charges", post(wiped_charge)),
+        &probe,
+    );
+    let body = r#"{"amount":3}"#;
+
+    let keyed = send(&app, post_request("/wiped-charges", Some("exact-9"), body)).await;
+    keyed.assert_problem(503, "store-unavailable");
+    assert_eq!(
+        probe.runs(),
+        0,
+        "the handler never runs without its key's protection"
+    );
+
+    let keyless = send(&app, post_request("/wiped-charges", None, body)).await;
+    assert_eq!(
+        keyless.status,
+        StatusCode::CREATED,
+        "without a key it just runs"
+    );
+    assert_eq!(probe.runs(), 1);
+}

@@ -63,7 +63,7 @@ fn expand(handler: &Handler, args: &Args) -> TokenStream {
             .map(|(index, (arg, ident))| {
                 let ty = &arg.param.ty;
                 if last_wrapped && index == last_index {
-                    quote!(#ident: #private::Last<#ty, #options_ty>)
+                    quote!(mut #ident: #private::Last<#ty, #options_ty>)
                 } else {
                     quote!(#ident: #ty)
                 }
@@ -104,7 +104,13 @@ fn expand(handler: &Handler, args: &Args) -> TokenStream {
             }
         }
     });
-    let ctx_mut = if inputs.is_empty() {
+    // The rest of the request's preparation may wait in the last argument (it answers a
+    // byte-identical retry without it): the context takes it before any input is fed.
+    let adopt = last_wrapped.then(|| {
+        let ident = &arg_names[last_index];
+        quote!(__idem_ctx.adopt(&mut #ident);)
+    });
+    let ctx_mut = if inputs.is_empty() && adopt.is_none() {
         quote!()
     } else {
         quote!(mut)
@@ -155,6 +161,7 @@ fn expand(handler: &Handler, args: &Args) -> TokenStream {
             #(#outer_params),*
         ) -> #private::Response {
             #asyncness fn __idem_handler(#(#inner_params),*) #output #block
+            #adopt
             #(#inputs)*
             #run
         }

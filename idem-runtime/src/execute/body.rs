@@ -17,31 +17,21 @@ use http::request::Parts;
 
 use super::HandlerConfig;
 use super::claim::replay;
-use super::prepare::{Prepared, request_line};
-use crate::config::Idempotency;
+use super::prepare::{Keyed, Prepared, request_line};
 use crate::fingerprint::{FingerprintInput, RequestDigest};
 use crate::metrics::Route;
-use crate::problem::Renderer;
-use crate::store::StoreKey;
 
 /// What [`Context`](super::Context) leaves on a request that takes part in idempotency, for the
 /// handler's last extractor, [`Last`]: where to look for a completed record of the same key, so
 /// that a byte-identical retry is answered before its body is parsed. Left only for a handler
 /// whose inputs are all determined by the request's bytes ([`HandlerConfig::exact_replay`]).
+///
+/// It holds the request's key, and the rest of the request's preparation waits for it: a retry
+/// answered with the replay needs none of it. [`Last`] makes the rest ([`Prepared::new`]) once it
+/// knows the request is not such a retry, and hands it to [`Context`](super::Context) with
+/// [`Context::adopt`](super::Context::adopt).
 #[derive(Clone)]
-pub(super) struct Peek {
-    config: Idempotency,
-    key: StoreKey,
-}
-
-impl Peek {
-    pub(super) fn new(request: &Prepared) -> Self {
-        Self {
-            config: request.config.clone(),
-            key: request.key.clone(),
-        }
-    }
-}
+pub(super) struct Peek(pub(super) Keyed);
 
 /// The last argument of an `#[idempotent]` handler, wrapped: `T`, extracted as usual, except that
 /// for a request with an idempotency key, to a handler whose every input is determined by the
@@ -57,6 +47,8 @@ pub struct Last<T, O> {
     value: T,
     /// The request's digest, when its body was read first.
     digest: Option<RequestDigest>,
+    /// The request's preparation, when it waited for this argument (see [`Peek`]).
+    prepared: Option<Box<Prepared>>,
     _options: PhantomData<fn() -> O>,
 }
 
@@ -88,9 +80,9 @@ where
         // held beside the request it consumes.
         match request.extensions_mut().remove::<Peek>() {
             Some(peek) => Either::Right(read_first::<S, T, O>(request, state, peek)),
-            None => {
-                Either::Left(T::from_request(request, state).map(|value| extracted(value, None)))
-            }
+            None => Either::Left(
+                T::from_request(request, state).map(|value| extracted(value, None, None)),
+            ),
         }
     }
 }
@@ -104,11 +96,13 @@ where
 fn extracted<T, O, E: IntoResponse>(
     extracted: Result<T, E>,
     digest: Option<RequestDigest>,
+    prepared: Option<Box<Prepared>>,
 ) -> Result<Last<T, O>, Response> {
     match extracted {
         Ok(value) => Ok(Last {
             value,
             digest,
+            prepared,
             _options: PhantomData,
         }),
         Err(rejection) => Err(rejection.into_response()),
@@ -134,34 +128,47 @@ where
     T: FromRequest<S> + Send + 'static,
     O: HandlerConfig,
 {
-    look_up(request, peek, O::OPTIONS.errors).then(move |read| match read {
+    look_up::<O>(request, peek).then(move |read| match read {
         Err(replay) => Either::Left(std::future::ready(Err(replay))),
-        Ok((request, digest)) => Either::Right(
-            T::from_request(request, state).map(move |value| extracted(value, digest)),
+        Ok(Unseen {
+            request,
+            digest,
+            prepared,
+        }) => Either::Right(
+            T::from_request(request, state)
+                .map(move |value| extracted(value, digest, Some(prepared))),
         ),
     })
 }
 
+/// A request that is not a byte-identical retry of a completed one: the request to extract the
+/// last argument from, its body in memory (or the failure to read it), its digest, and the rest
+/// of its preparation.
+struct Unseen {
+    request: Request,
+    digest: Option<RequestDigest>,
+    prepared: Box<Prepared>,
+}
+
 /// Reads the body into memory and looks its request up: the replay of a byte-identical retry of
-/// a completed request (`Err`, in the format `errors`, or the configuration's, should it answer
-/// `410`), or else the request to extract the last argument from, its body in memory (or the
-/// failure to read it), with its digest.
+/// a completed request (`Err`), or else the request, [`Unseen`].
 #[allow(
     clippy::result_large_err,
     reason = "the error is the request's answer, moved once; boxing it would cost an allocation"
 )]
-async fn look_up(
-    request: Request,
-    peek: Peek,
-    errors: Option<Renderer>,
-) -> Result<(Request, Option<RequestDigest>), Response> {
+async fn look_up<O: HandlerConfig>(request: Request, peek: Peek) -> Result<Unseen, Response> {
     let (parts, body) = request.with_limited_body().into_parts();
     let body = match crate::collect::to_bytes(body).await {
         Ok(body) => body,
         // The extractor reads the failure in place of the body, and rejects it as its own.
         Err(error) => {
+            let prepared = Prepared::new(peek.0, &parts, &O::OPTIONS);
             let failed = Body::new(Failed(Some(innermost(error))));
-            return Ok((Request::from_parts(parts, failed), None));
+            return Ok(Unseen {
+                request: Request::from_parts(parts, failed),
+                digest: None,
+                prepared,
+            });
         }
     };
     let (method, route, path, query) = request_line(&parts);
@@ -170,31 +177,52 @@ async fn look_up(
         .get(http::header::CONTENT_TYPE)
         .map(http::HeaderValue::as_bytes);
     let digest = RequestDigest::new(method, route, path, query, content_type, &body);
-    if let Some(completed) = peek.config.store().peek(&peek.key)
+    let Keyed { config, key } = &peek.0;
+    if let Some(completed) = config.store().peek(key)
         && completed.request_digest == Some(digest)
     {
-        tracing::debug!(target: "idem", outcome = "replayed", exact = true, key = %peek.key.key(), status = completed.response.status().as_u16(), "replaying stored response to a byte-identical retry");
+        tracing::debug!(target: "idem", outcome = "replayed", exact = true, key = %key.key(), status = completed.response.status().as_u16(), "replaying stored response to a byte-identical retry");
         Route::of(&parts).outcome("replayed");
-        let errors = errors.as_ref().unwrap_or(&peek.config.settings().errors);
-        return Err(replay(errors, &completed));
+        let errors = match O::OPTIONS.errors {
+            Some(errors) => errors,
+            None => config.settings().errors.clone(),
+        };
+        return Err(replay(&errors, &completed));
     }
-    Ok((Request::from_parts(parts, Body::from(body)), Some(digest)))
+    let prepared = Prepared::new(peek.0, &parts, &O::OPTIONS);
+    Ok(Unseen {
+        request: Request::from_parts(parts, Body::from(body)),
+        digest: Some(digest),
+        prepared,
+    })
 }
 
 impl<S, T, O> FromRequestParts<S> for Last<T, O>
 where
     S: Send + Sync,
     T: FromRequestParts<S>,
+    O: HandlerConfig,
 {
     type Rejection = T::Rejection;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, T::Rejection> {
+        // No body to read first: the preparation that waited for this argument is made at once.
+        let prepared = parts
+            .extensions
+            .remove::<Peek>()
+            .map(|peek| Prepared::new(peek.0, parts, &O::OPTIONS));
         T::from_request_parts(parts, state).await.map(|value| Self {
             value,
             digest: None,
+            prepared,
             _options: PhantomData,
         })
     }
+}
+
+/// The preparation `last` carries, if the request's waited for it.
+pub(super) fn prepared<T, O>(last: &mut Last<T, O>) -> Option<Box<Prepared>> {
+    last.prepared.take()
 }
 
 /// The value inside `last`, fed to `request`'s fingerprint, with the request's digest kept if

@@ -35,12 +35,17 @@ impl Prepared {
     }
 }
 
-/// Reads what the request needs before its handler's extractors run; `None` when idempotency does
-/// not apply (no key, or a method the handler does not cover).
-pub(super) fn prepare(
-    parts: &Parts,
-    options: &HandlerOptions,
-) -> Result<Option<Box<Prepared>>, KeyRejection> {
+/// A request that takes part in idempotency, as far as its key: the configuration in effect and
+/// the key in its scope. What [`Prepared::new`] makes the rest of the preparation from.
+#[derive(Clone)]
+pub(super) struct Keyed {
+    pub(super) config: Idempotency,
+    pub(super) key: StoreKey,
+}
+
+/// Reads the request's key and scope before its handler's extractors run; `None` when
+/// idempotency does not apply (no key, or a method the handler does not cover).
+pub(super) fn key(parts: &Parts, options: &HandlerOptions) -> Result<Option<Keyed>, KeyRejection> {
     if !options.methods.contains(&parts.method) {
         return Ok(None);
     }
@@ -58,22 +63,32 @@ pub(super) fn prepare(
         Ok(None) => return Err(reject_key(&KeyError::Missing, config, options, parts)),
         Err(error) => return Err(reject_key(&error, config, options, parts)),
     };
-    let settings = defaults.with(options);
     let scope = match options.scope {
         Some(scope) => scope(parts),
         None => config.scope_source().scope(parts),
     };
-    let (method, route, path, query) = request_line(parts);
-    let fingerprint = Fingerprinter::new(method, route, path, query);
-    Ok(Some(Box::new(Prepared {
+    Ok(Some(Keyed {
         config: config.clone(),
-        settings,
         key: StoreKey::new(scope, key),
-        fingerprint,
-        exact: true,
-        digest: None,
-        route: Route::of(parts),
-    })))
+    }))
+}
+
+impl Prepared {
+    /// The rest of the preparation of a keyed request: its settings, the start of its fingerprint
+    /// with the request line, its route.
+    pub(super) fn new(keyed: Keyed, parts: &Parts, options: &HandlerOptions) -> Box<Self> {
+        let Keyed { config, key } = keyed;
+        let (method, route, path, query) = request_line(parts);
+        Box::new(Prepared {
+            settings: config.settings().with(options),
+            config,
+            key,
+            fingerprint: Fingerprinter::new(method, route, path, query),
+            exact: true,
+            digest: None,
+            route: Route::of(parts),
+        })
+    }
 }
 
 /// The request line as the fingerprint and the exact digest read it: the method, the route
