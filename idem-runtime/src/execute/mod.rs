@@ -18,9 +18,12 @@
 //! ```
 //!
 //! - `prepare`: what `#[idempotent]`'s first extractor, [`Context`], reads before any other
-//!   extractor runs: the key (a bad one answers `400`), the scope, the request line.
-//! - `body`: the handler's last argument, through [`Last`]: its body is read into memory so that
-//!   a byte-identical retry is replayed before the body is parsed.
+//!   extractor runs: the key (a bad one answers `400`) and the scope; then the rest of the
+//!   preparation (the settings, the fingerprint's start with the request line), at once, or by
+//!   the last argument for a handler whose every input is determined by the request's bytes.
+//! - `body`: the handler's last argument, through [`Last`]: for such a handler its body is read
+//!   into memory first, and a byte-identical retry is answered with the replay by the extractor
+//!   itself, before the body is parsed and before anything else is prepared.
 //! - `exchange`: claim, handler and completion as one unit that a client disconnect cannot cut
 //!   short. It runs in place; what has to wait (a store call over the network, a handler that
 //!   waits) moves into a task of its own.
