@@ -416,3 +416,66 @@ async fn a_request_whose_key_is_lost_before_its_last_argument_fails_closed() {
     );
     assert_eq!(probe.runs(), 1);
 }
+
+/// A body extractor that reports whether its body arrived already in memory (a body read ahead
+/// knows its exact length; a stream, as sent here, does not), and whether it says it is
+/// determined by the request's bytes (`EXACT`).
+struct Arrival<const EXACT: bool>(bool);
+
+impl<S: Send + Sync, const EXACT: bool> FromRequest<S> for Arrival<EXACT> {
+    type Rejection = StatusCode;
+
+    async fn from_request(request: Request, _: &S) -> Result<Self, StatusCode> {
+        let read_ahead = axum::body::HttpBody::size_hint(request.body())
+            .exact()
+            .is_some();
+        Ok(Self(read_ahead))
+    }
+}
+
+impl<const EXACT: bool> FingerprintInput for Arrival<EXACT> {
+    const FROM_REQUEST_BYTES: bool = EXACT;
+
+    fn fingerprint(&self, _fp: &mut Fingerprinter) {}
+}
+
+#[idempotent(post)]
+async fn arrival_exact(Arrival(read_ahead): Arrival<true>) -> String {
+    read_ahead.to_string()
+}
+
+#[idempotent(post)]
+async fn arrival_inexact(Arrival(read_ahead): Arrival<false>) -> String {
+    read_ahead.to_string()
+}
+
+#[tokio::test]
+async fn only_a_handler_whose_inputs_are_all_in_the_request_bytes_reads_its_body_ahead() {
+    let probe = Probe::default();
+    let app = app(
+        Router::new()
+            .route("/arrival-exact", post(arrival_exact))
+            .route("/arrival-inexact", post(arrival_inexact)),
+        &probe,
+    );
+    let streamed = |uri: &str, key: Option<&str>| {
+        let mut builder = Request::builder().method(Method::POST).uri(uri);
+        if let Some(key) = key {
+            builder = builder.header("idempotency-key", key);
+        }
+        let chunks = [Ok::<_, std::io::Error>(Bytes::from_static(b"{}"))];
+        builder
+            .body(Body::from_stream(futures_util::stream::iter(chunks)))
+            .unwrap()
+    };
+
+    let exact = send(&app, streamed("/arrival-exact", Some("arrival-1"))).await;
+    assert_eq!(
+        exact.body, "true",
+        "read ahead, to look for a byte-identical retry"
+    );
+    let inexact = send(&app, streamed("/arrival-inexact", Some("arrival-2"))).await;
+    assert_eq!(inexact.body, "false", "handed the body as it came");
+    let keyless = send(&app, streamed("/arrival-exact", None)).await;
+    assert_eq!(keyless.body, "false", "without a key nothing is read ahead");
+}
