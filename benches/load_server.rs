@@ -26,10 +26,10 @@
 //! - `POST /moka_roomy/charges`: the plain handler plus moka's own insertion of such a record into
 //!   a bare cache of 4 GiB that the load never fills: `roomy`'s moka alone;
 //! - `POST /floor/charges`: not the layer but the least any replay can do, written straight
-//!   against axum, moka and the record's code (`support::floor`), on a full bare cache of its own: the key,
-//!   the body, its SHA-256 digest, one moka `get` at the bound, the stored answer. Its record is
-//!   kept under the key `floor-replayed` for the body `{"amount":1999,"currency":"eur"}`; a
-//!   request with another key or body gets `404`.
+//!   against axum, moka and the record's code (`support::floor`), on a full bare cache of its
+//!   own: the key, the body, its SHA-256 digest, one moka `get` at the bound, the stored answer.
+//!   Its record is kept under the key `floor-replayed` for the body
+//!   `{"amount":1999,"currency":"eur"}`; a request with another key or body gets `404`.
 //!
 //! Environment: `LOAD_ADDR` (default `127.0.0.1:3917`), `LOAD_BUSY_MICROS`. It prints
 //! `listening on ADDR` once it accepts connections.

@@ -304,16 +304,18 @@ async fn the_content_type_is_part_of_the_exact_request() {
 
 /// What a request to `/uploads` gets, with and without a key.
 async fn both_ways(app: &Router, body: impl Fn() -> Body) -> (Answer, Answer) {
-    let upload = |key: Option<&str>| {
-        let mut builder = Request::builder().method(Method::POST).uri("/uploads");
-        if let Some(key) = key {
-            builder = builder.header("idempotency-key", key);
-        }
-        builder.body(body()).unwrap()
-    };
-    let keyed = send(app, upload(Some("exact-6"))).await;
-    let plain = send(app, upload(None)).await;
+    let keyed = send(app, post_body("/uploads", Some("exact-6"), body())).await;
+    let plain = send(app, post_body("/uploads", None, body())).await;
     (keyed, plain)
+}
+
+/// A `POST` of `body`, any kind of body, to `uri`, with `key` if any.
+fn post_body(uri: &str, key: Option<&str>, body: Body) -> Request {
+    let mut builder = Request::builder().method(Method::POST).uri(uri);
+    if let Some(key) = key {
+        builder = builder.header("idempotency-key", key);
+    }
+    builder.body(body).unwrap()
 }
 
 #[tokio::test]
@@ -459,14 +461,12 @@ async fn only_a_handler_whose_inputs_are_all_in_the_request_bytes_reads_its_body
         &probe,
     );
     let streamed = |uri: &str, key: Option<&str>| {
-        let mut builder = Request::builder().method(Method::POST).uri(uri);
-        if let Some(key) = key {
-            builder = builder.header("idempotency-key", key);
-        }
         let chunks = [Ok::<_, std::io::Error>(Bytes::from_static(b"{}"))];
-        builder
-            .body(Body::from_stream(futures_util::stream::iter(chunks)))
-            .unwrap()
+        post_body(
+            uri,
+            key,
+            Body::from_stream(futures_util::stream::iter(chunks)),
+        )
     };
 
     let exact = send(&app, streamed("/arrival-exact", Some("arrival-1"))).await;

@@ -322,16 +322,18 @@ impl Split {
 
     /// Moka's own insertion of a record like the handler's into the bare cache, at its bound.
     pub fn moka_once(&self) {
-        let key = self.fresh_key();
-        let completed = record(StatusCode::OK, self.receipt);
-        self.bare.insert(key, (completed, u64::MAX));
+        self.insert_into(&self.bare);
     }
 
     /// Moka's own insertion of a record like the handler's into a bare cache far from its bound.
     pub fn moka_roomy_once(&self) {
-        let key = self.fresh_key();
+        self.insert_into(&self.roomy);
+    }
+
+    /// A record like the handler's inserted into `cache` under a fresh key.
+    fn insert_into(&self, cache: &BareCache) {
         let completed = record(StatusCode::OK, self.receipt);
-        self.roomy.insert(key, (completed, u64::MAX));
+        cache.insert(self.fresh_key(), (completed, u64::MAX));
     }
 }
 

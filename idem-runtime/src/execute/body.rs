@@ -225,17 +225,16 @@ pub(super) fn prepared<T, O>(last: &mut Last<T, O>) -> Option<Box<Prepared>> {
     last.prepared.take()
 }
 
-/// The value inside `last`, fed to `request`'s fingerprint, with the request's digest kept if
-/// every input of the handler is determined by the request's bytes.
+/// The value inside `last`, fed to `request`'s fingerprint, with the request's digest, if the
+/// body was read ahead (only for a handler whose every input is determined by the request's
+/// bytes), kept for the record.
 pub(super) fn extract<T: FingerprintInput, O>(
     request: Option<&mut Prepared>,
     last: Last<T, O>,
 ) -> T {
     if let Some(request) = request {
         request.input(&last.value);
-        if request.exact {
-            request.digest = last.digest;
-        }
+        request.digest = last.digest;
     }
     last.value
 }

@@ -18,21 +18,12 @@ pub(super) struct Prepared {
     pub(super) settings: Settings,
     pub(super) key: StoreKey,
     pub(super) fingerprint: Fingerprinter,
-    /// Whether every input fed so far is determined by the request's bytes
-    /// ([`FingerprintInput::FROM_REQUEST_BYTES`](crate::fingerprint::FingerprintInput::FROM_REQUEST_BYTES)).
-    pub(super) exact: bool,
-    /// The digest of the exact request, kept with the response if the handler is exact.
+    /// The digest of the exact request, kept with the response: known when the last argument read
+    /// the body ahead, which it does only for a handler whose every input is determined by the
+    /// request's bytes ([`HandlerConfig::exact_replay`](super::HandlerConfig::exact_replay)).
     pub(super) digest: Option<RequestDigest>,
     /// The route, for metrics.
     pub(super) route: Route,
-}
-
-impl Prepared {
-    /// Adds one of the handler's inputs to the fingerprint.
-    pub(super) fn input<T: FingerprintInput + ?Sized>(&mut self, input: &T) {
-        self.exact &= T::FROM_REQUEST_BYTES;
-        self.fingerprint.input(input);
-    }
 }
 
 /// A request that takes part in idempotency, as far as its key: the configuration in effect and
@@ -74,6 +65,11 @@ pub(super) fn key(parts: &Parts, options: &HandlerOptions) -> Result<Option<Keye
 }
 
 impl Prepared {
+    /// Adds one of the handler's inputs to the fingerprint.
+    pub(super) fn input<T: FingerprintInput + ?Sized>(&mut self, input: &T) {
+        self.fingerprint.input(input);
+    }
+
     /// The rest of the preparation of a keyed request: its settings, the start of its fingerprint
     /// with the request line, its route.
     pub(super) fn new(keyed: Keyed, parts: &Parts, options: &HandlerOptions) -> Box<Self> {
@@ -84,7 +80,6 @@ impl Prepared {
             config,
             key,
             fingerprint: Fingerprinter::new(method, route, path, query),
-            exact: true,
             digest: None,
             route: Route::of(parts),
         })
