@@ -5,6 +5,7 @@
 #![allow(missing_docs)]
 
 use axum::Json;
+use axum::extract::{Path, Query};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use idem::idempotent;
@@ -70,6 +71,45 @@ async fn create_payout(Json(amount): Json<u64>) -> String {
     amount.to_string()
 }
 
+#[derive(Deserialize, Serialize, utoipa::IntoParams)]
+struct Charging {
+    /// Whether to capture at once.
+    capture: Option<bool>,
+}
+
+// What utoipa reads from the handler's arguments (the path parameter's type, the body's schema)
+// is not written out.
+/// Charges a customer.
+#[idempotent(post)]
+#[utoipa::path(
+    post,
+    path = "/customers/{customer}/charges",
+    responses((status = 201, description = "Charged"))
+)]
+async fn charge_customer(
+    Path(customer): Path<String>,
+    Query(charging): Query<Charging>,
+    Json(charge): Json<NewCharge>,
+) -> String {
+    format!("{customer} {:?} {}", charging.capture, charge.amount)
+}
+
+// `charge_customer` without the attribute.
+/// Charges a customer.
+#[utoipa::path(
+    post,
+    path = "/plain/customers/{customer}/charges",
+    operation_id = "charge_customer",
+    responses((status = 201, description = "Charged"))
+)]
+async fn charge_customer_plain(
+    Path(customer): Path<String>,
+    Query(charging): Query<Charging>,
+    Json(charge): Json<NewCharge>,
+) -> String {
+    format!("{customer} {:?} {}", charging.capture, charge.amount)
+}
+
 /// Lists the charges: no idempotency.
 #[utoipa::path(get, path = "/charges", responses((status = 200, description = "The charges")))]
 async fn list_charges() -> StatusCode {
@@ -89,7 +129,9 @@ async fn create_transfer() -> StatusCode {
     create_quote,
     create_payout,
     list_charges,
-    create_transfer
+    create_transfer,
+    charge_customer,
+    charge_customer_plain
 ))]
 struct Api;
 
@@ -245,6 +287,29 @@ fn runtime_wide_defaults_are_documented_where_the_handler_sets_none() {
 }
 
 #[test]
+fn utoipa_reads_the_arguments_of_the_handler_as_written() {
+    let api = serde_json::to_value(Api::openapi()).expect("JSON");
+    let idempotent = &api["paths"]["/customers/{customer}/charges"]["post"];
+    let plain = &api["paths"]["/plain/customers/{customer}/charges"]["post"];
+    assert_eq!(
+        idempotent, plain,
+        "the same operation as without the attribute"
+    );
+    let names: Vec<_> = idempotent["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .map(|parameter| (parameter["name"].clone(), parameter["in"].clone()))
+        .collect();
+    assert_eq!(names, [(json!("customer"), json!("path"))]);
+    assert_eq!(
+        idempotent["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/NewCharge"
+    );
+    assert_eq!(idempotent["summary"], "Charges a customer.");
+}
+
+#[test]
 fn the_documented_handlers_are_routed_as_usual() {
     use axum::routing::post;
     let _app: axum::Router = axum::Router::new()
@@ -252,5 +317,10 @@ fn the_documented_handlers_are_routed_as_usual() {
         .route("/refunds", post(create_refund))
         .route("/quotes", post(create_quote))
         .route("/payouts", post(create_payout))
-        .route("/transfers", post(create_transfer));
+        .route("/transfers", post(create_transfer))
+        .route("/customers/{customer}/charges", post(charge_customer))
+        .route(
+            "/plain/customers/{customer}/charges",
+            post(charge_customer_plain),
+        );
 }

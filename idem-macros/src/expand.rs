@@ -50,24 +50,7 @@ fn expand(handler: &Handler, args: &Args) -> TokenStream {
     let arg_names: Vec<_> = (0..handler.args.len())
         .map(|index| format_ident!("__idem_arg{}", index))
         .collect();
-    // The last argument, unless left out of the fingerprint, is taken through `Last`, which lets
-    // a byte-identical retry be answered before that argument (the body) is parsed.
-    let last_wrapped = handler.args.last().is_some_and(|arg| !arg.skip);
-    let last_index = handler.args.len().wrapping_sub(1);
-    let outer_params =
-        handler
-            .args
-            .iter()
-            .zip(&arg_names)
-            .enumerate()
-            .map(|(index, (arg, ident))| {
-                let ty = &arg.param.ty;
-                if last_wrapped && index == last_index {
-                    quote!(mut #ident: #private::Last<#ty, #options_ty>)
-                } else {
-                    quote!(#ident: #ty)
-                }
-            });
+    let arg_types = handler.args.iter().map(|arg| &arg.param.ty);
     let inner_params = handler.args.iter().map(|arg| &arg.param);
     // Each input is fed to the fingerprint in a statement located at the argument's type, so that
     // a type without `FingerprintInput` is reported there. The call-site resolution keeps the
@@ -80,18 +63,15 @@ fn expand(handler: &Handler, args: &Args) -> TokenStream {
         .map(|(index, arg)| {
             let span = Span::call_site().located_at(arg.param.ty.span());
             let ident = format_ident!("__idem_arg{}", index, span = span);
-            if last_wrapped && index == last_index {
-                quote_spanned!(span=> let #ident = __idem_ctx.body(#ident);)
-            } else {
-                quote_spanned!(span=> __idem_ctx.input(&#ident);)
-            }
+            quote_spanned!(span=> __idem_ctx.input(&#ident);)
         })
         .collect();
-    // Whether a byte-identical retry is answered by `Last`, before the last argument is
-    // extracted: only if that argument is wrapped and every input is determined by the request's
-    // bytes. The probe answers `false` for a type that is not an input, which is reported once,
-    // where it is fed.
-    let exact_replay = last_wrapped.then(|| {
+    // Whether a byte-identical retry is answered before the arguments are extracted: only if the
+    // last one (the body) is part of the fingerprint and every input is determined by the
+    // request's bytes. The probe answers `false` for a type that is not an input, which is
+    // reported once, where it is fed.
+    let last_fed = handler.args.last().is_some_and(|arg| !arg.skip);
+    let exact_replay = last_fed.then(|| {
         let probes = handler.args.iter().filter(|arg| !arg.skip).map(|arg| {
             let ty = &arg.param.ty;
             quote!((&&#private::InputProbe::<#ty>::NEW).exact())
@@ -104,13 +84,7 @@ fn expand(handler: &Handler, args: &Args) -> TokenStream {
             }
         }
     });
-    // The rest of the request's preparation may wait in the last argument (it answers a
-    // byte-identical retry without it): the context takes it before any input is fed.
-    let adopt = last_wrapped.then(|| {
-        let ident = &arg_names[last_index];
-        quote!(__idem_ctx.adopt(&mut #ident);)
-    });
-    let ctx_mut = if inputs.is_empty() && adopt.is_none() {
+    let ctx_mut = if inputs.is_empty() {
         quote!()
     } else {
         quote!(mut)
@@ -121,10 +95,18 @@ fn expand(handler: &Handler, args: &Args) -> TokenStream {
         ReturnType::Type(_, ty) => Span::call_site().located_at(ty.span()),
     };
     let run = quote_spanned!(run_span=> __idem_ctx.run(__idem_handler(#(#arg_names),*)).await);
+    // `#[axum::debug_handler]` checks the handler as written: the function with the original
+    // arguments, whose extractors it can name and whose state it can infer.
+    let (checks, attrs): (Vec<_>, Vec<_>) = attrs.iter().partition(|attr| {
+        attr.path()
+            .segments
+            .last()
+            .is_some_and(|last| last.ident == "debug_handler")
+    });
     let asyncness = &sig.asyncness;
     let fn_token = &sig.fn_token;
 
-    let (operation_id, path) = utoipa_operation(attrs);
+    let (operation_id, path) = utoipa_operation(attrs.iter().copied());
     let operation_id = operation_id.unwrap_or_else(|| name.to_string());
     let path = match path {
         Some(path) => quote!(::core::option::Option::Some(#path)),
@@ -136,6 +118,8 @@ fn expand(handler: &Handler, args: &Args) -> TokenStream {
         .iter()
         .filter(|attr| attr.path().is_ident("cfg"))
         .collect();
+    let documented = documented(&attrs, handler, &cfgs);
+    let attrs = attrs.iter().filter(|attr| utoipa_path(attr).is_none());
 
     quote! {
         #(#cfgs)*
@@ -155,36 +139,101 @@ fn expand(handler: &Handler, args: &Args) -> TokenStream {
         }
 
         #(#attrs)*
-        #[allow(clippy::too_many_arguments)]
         #vis #asyncness #fn_token #name(
-            #ctx_mut __idem_ctx: #private::Context<#options_ty>,
-            #(#outer_params),*
+            __idem_arguments: #private::Arguments<#options_ty, (#(#arg_types,)*)>,
         ) -> #private::Response {
+            #(#checks)*
+            #[allow(clippy::too_many_arguments)]
             #asyncness fn __idem_handler(#(#inner_params),*) #output #block
-            #adopt
+            let (#ctx_mut __idem_ctx, (#(#arg_names,)*)) = __idem_arguments.into_parts();
             #(#inputs)*
             #run
         }
+
+        #documented
+    }
+}
+
+/// The arguments of `attr`, if it is a `#[utoipa::path(..)]`.
+fn utoipa_path(attr: &syn::Attribute) -> Option<&syn::MetaList> {
+    let syn::Meta::List(list) = &attr.meta else {
+        return None;
+    };
+    let segments = &list.path.segments;
+    let is_utoipa_path = segments.last().is_some_and(|last| last.ident == "path")
+        && (segments.len() == 1
+            || segments
+                .first()
+                .is_some_and(|first| first.ident == "utoipa"));
+    is_utoipa_path.then_some(list)
+}
+
+/// A `#[utoipa::path(..)]` below the attribute, given what it documents: utoipa reads the path
+/// and query parameters and the request body from the handler's arguments, and the rewritten
+/// handler has only one. So the attribute goes on a stand-in with the original signature, which
+/// is never called, and implements `utoipa::Path` (`impl_for`) for the type it would have
+/// declared for the handler, `__path_<handler>`, which is declared here instead.
+fn documented(
+    attrs: &[&syn::Attribute],
+    handler: &Handler,
+    cfgs: &[&&syn::Attribute],
+) -> TokenStream {
+    let Some(list) = attrs.iter().find_map(|attr| utoipa_path(attr)) else {
+        return TokenStream::new();
+    };
+    let ItemFn { vis, sig, .. } = &handler.item;
+    let name = &sig.ident;
+    let path_type = format_ident!("__path_{}", name);
+    let implements_own = valid::split_commas(list.tokens.clone())
+        .iter()
+        .any(|item| matches!(item.first(), Some(proc_macro2::TokenTree::Ident(key)) if key == "impl_for"));
+    let (declared, impl_for) = if implements_own {
+        (TokenStream::new(), TokenStream::new())
+    } else {
+        let declared = quote! {
+            #(#cfgs)*
+            #[allow(non_camel_case_types)]
+            #[doc(hidden)]
+            #[derive(Clone)]
+            #vis struct #path_type;
+        };
+        (declared, quote!(, impl_for = #path_type))
+    };
+    // What utoipa reads from the function besides its arguments: the summary and description
+    // (the doc comments), and whether it is deprecated.
+    let described = attrs
+        .iter()
+        .filter(|attr| attr.path().is_ident("doc") || attr.path().is_ident("deprecated"));
+    let path = &list.path;
+    let tokens = &list.tokens;
+    let params = handler.args.iter().map(|arg| &arg.param);
+    let asyncness = &sig.asyncness;
+    let output = &sig.output;
+    quote! {
+        #declared
+
+        #(#cfgs)*
+        const _: () = {
+            #(#described)*
+            #[#path(#tokens #impl_for)]
+            #[allow(unused, clippy::all, clippy::pedantic)]
+            #asyncness fn #name(#(#params),*) #output {
+                ::core::unreachable!()
+            }
+        };
     }
 }
 
 /// The `operation_id` and `path` of a `#[utoipa::path(..)]` below the attribute, where they are
 /// string literals.
-fn utoipa_operation(attrs: &[syn::Attribute]) -> (Option<String>, Option<String>) {
+fn utoipa_operation<'a>(
+    attrs: impl IntoIterator<Item = &'a syn::Attribute>,
+) -> (Option<String>, Option<String>) {
     let mut found = (None, None);
     for attr in attrs {
-        let syn::Meta::List(list) = &attr.meta else {
+        let Some(list) = utoipa_path(attr) else {
             continue;
         };
-        let segments = &list.path.segments;
-        let is_utoipa_path = segments.last().is_some_and(|last| last.ident == "path")
-            && (segments.len() == 1
-                || segments
-                    .first()
-                    .is_some_and(|first| first.ident == "utoipa"));
-        if !is_utoipa_path {
-            continue;
-        }
         for item in valid::split_commas(list.tokens.clone()) {
             if let [
                 proc_macro2::TokenTree::Ident(key),

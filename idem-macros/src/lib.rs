@@ -193,8 +193,8 @@ use proc_macro::TokenStream;
 /// # Limits
 ///
 /// - The handler is an `async fn` at module level: not a method (no `self`), not generic, without
-///   `impl Trait` arguments, with at most 15 arguments (axum's 16 extractors, less the one the
-///   attribute adds). Each of these is a compile error.
+///   `impl Trait` arguments, with at most 16 arguments (as many as axum extracts). Each of these
+///   is a compile error.
 /// - A client disconnecting cannot cancel the body: it is polled once in place and, if it has to
 ///   wait, moves into a task of its own that runs it to its end. So, like any axum handler served
 ///   by hyper, its future must be `Send` and `'static` (own what it uses).
@@ -204,13 +204,15 @@ use proc_macro::TokenStream;
 /// Next to the handler, a hidden type `__idem_options_<handler>` with the handler's visibility,
 /// which carries the options as constants (and, for `idem::openapi`, the `operation_id` and `path`
 /// of a `#[utoipa::path]` below the attribute, or the function's name). The handler itself takes
-/// the runtime's context extractor first (it reads the key, the scope and the request line, and
-/// answers `400` for a bad key), then each original argument. The last one, unless it is
-/// `#[idem(skip)]`, is taken wrapped in the runtime's `Last<T>`: for a request with a key its body
-/// is read into memory first, so that a retry repeating a completed request byte for byte is
-/// replayed before the body is parsed; otherwise it is extracted as `T` would be. The handler feeds
-/// each argument to the fingerprint and runs the original body, as written, through the runtime,
-/// which decides whether to run it, replay or refuse. Everything generated is reached through
+/// one argument, the runtime's `Arguments` extractor, which reads the key and the scope (and
+/// answers `400` for a bad key) before it extracts the original arguments, as a tuple, in their
+/// order. For a request with a key, to a handler whose every input is determined by the request's
+/// bytes and whose last argument is not `#[idem(skip)]`, it first reads the body into memory, so
+/// that a retry repeating a completed request byte for byte is replayed before any argument is
+/// extracted. The handler feeds each argument to the fingerprint and runs the original body, as
+/// written, through the runtime, which decides whether to run it, replay or refuse. An
+/// `#[axum::debug_handler]` below the attribute is moved onto the original function, which it
+/// checks as written. Everything generated is reached through
 /// `idem::__private`, which is not public API.
 #[proc_macro_attribute]
 pub fn idempotent(args: TokenStream, input: TokenStream) -> TokenStream {

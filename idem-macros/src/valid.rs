@@ -18,8 +18,9 @@ use crate::ctxt::Ctxt;
 /// run time. `tests/ui/fail/max_key_len_too_large.rs` pins the number.
 const MAX_KEY_LEN_LIMIT: usize = 1024;
 
-/// axum implements `Handler` for functions of at most 16 extractors; the attribute adds one.
-const MAX_ARGS: usize = 15;
+/// The attribute extracts the handler's arguments as one tuple, and axum extracts tuples of at
+/// most 16.
+const MAX_ARGS: usize = 16;
 
 /// Records every problem of `handler` and `args` in `cx`.
 pub(crate) fn check(handler: &Handler, args: &Args, cx: &mut Ctxt) {
@@ -69,9 +70,8 @@ fn check_signature(sig: &Signature, cx: &mut Ctxt) {
         cx.error_spanned_by(
             &sig.inputs,
             format!(
-                "`#[idempotent]` handlers take at most {MAX_ARGS} arguments: axum accepts 16 \
-                 extractors and the attribute adds one; group some into a struct that implements \
-                 `FromRequestParts`"
+                "`#[idempotent]` handlers take at most {MAX_ARGS} arguments, as many as axum \
+                 extracts; group some into a struct that implements `FromRequestParts`"
             ),
         );
     }

@@ -10,8 +10,8 @@
 //! - `replay/<store>`: the same key each time: the stored answer.
 //!
 //! Redis runs on a unix socket, Postgres on TCP over loopback (both throw-away servers started by
-//! the bench, as the tests start theirs). The handler takes its body through `Context::input`,
-//! not `Context::body`, so that every store takes the same path (the memory store's
+//! the bench, as the tests start theirs). The handler's options leave
+//! `HandlerConfig::exact_replay` off, so that every store takes the same path (the memory store's
 //! byte-identical shortcut is measured by the `handler` bench of the `idem` crate).
 //!
 //! `cargo bench -p idem-runtime --features redis,postgres --bench store_backends`. Without
@@ -35,7 +35,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
 use criterion::Criterion;
-use idem_runtime::__private::{Context, HandlerConfig, HandlerOptions};
+use idem_runtime::__private::{Arguments, HandlerConfig, HandlerOptions};
 use idem_runtime::Idempotency;
 use idem_runtime::store::{IdempotencyStore, MemoryStore, PostgresStore, RedisStore};
 use tokio::runtime::Runtime;
@@ -52,7 +52,8 @@ async fn charge(Json(body): Json<serde_json::Value>) -> Response {
     (StatusCode::CREATED, Json(body)).into_response()
 }
 
-async fn idempotent_charge(mut ctx: Context<Defaults>, body: Json<serde_json::Value>) -> Response {
+async fn idempotent_charge(arguments: Arguments<Defaults, (Json<serde_json::Value>,)>) -> Response {
+    let (mut ctx, (body,)) = arguments.into_parts();
     ctx.input(&body);
     ctx.run(charge(body)).await
 }

@@ -53,7 +53,7 @@ pub mod __private {
     pub use crate::config::handler::{HandlerOptions, Methods};
     pub use crate::config::{ConflictPolicy, KeepPolicy};
     pub use crate::execute::{
-        Context, HandlerConfig, InputProbe, KeyRejection, Last, ProbeInput, ProbeOther,
+        Arguments, Context, HandlerConfig, InputProbe, KeyRejection, ProbeInput, ProbeOther,
     };
     pub use crate::fingerprint::FingerprintInput;
     pub use crate::problem::Renderer;

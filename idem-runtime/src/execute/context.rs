@@ -1,21 +1,17 @@
-//! [`Context`], the extractor `#[idempotent]` puts first in a handler, and the calls its
-//! expansion makes on it.
+//! [`Context`], a request's idempotency state once its arguments are extracted, and the calls
+//! the expansion of `#[idempotent]` makes on it; [`HandlerConfig`], a handler's options as a type.
 
 use std::marker::PhantomData;
 
-use axum::extract::FromRequestParts;
 use axum::response::{IntoResponse, Response};
 use futures_util::future::Either;
 use http::request::Parts;
 
-use super::body::{self, Last, Peek};
 use super::handler::produce;
-use super::prepare::{self, KeyRejection, Prepared};
+use super::prepare::{Keyed, Prepared};
 use super::transaction::Offer;
-use crate::config::Idempotency;
 use crate::config::handler::HandlerOptions;
-use crate::fingerprint::FingerprintInput;
-use crate::problem::Problem;
+use crate::fingerprint::{FingerprintInput, RequestDigest};
 
 /// The options of one idempotent handler, as a type: `#[idempotent]` declares one per handler so
 /// that [`Context`] knows them while it is extracted.
@@ -29,7 +25,7 @@ pub trait HandlerConfig: Send + Sync + 'static {
     const PATH: Option<&'static str> = None;
 
     /// Whether a byte-identical retry of a completed request can be answered before the handler's
-    /// last argument is extracted: that argument is taken through [`Last`], and every input of the
+    /// arguments are extracted: the last one is part of the fingerprint, and every input of the
     /// handler is [determined by the request's bytes](FingerprintInput::FROM_REQUEST_BYTES). The
     /// expansion says so with [`InputProbe`]; without it, every retry takes the claim's way.
     #[must_use]
@@ -74,70 +70,46 @@ pub trait ProbeOther {
 
 impl<T: ?Sized> ProbeOther for InputProbe<T> {}
 
-/// The idempotency state of one request: the first extractor of an `#[idempotent]` handler.
-///
-/// Extracting it reads the key (answering `400` for a bad or missing-but-required one) and the
-/// scope; the rest of the request's preparation (its settings, the start of its fingerprint with
-/// the request line) is made at once, or, for a handler whose every input is determined by the
-/// request's bytes, by the last argument ([`Last`]) once it knows the request is not a
-/// byte-identical retry, which it answers itself. The expansion takes that preparation back with
-/// [`Context::adopt`], feeds the handler's inputs with [`Context::input`], the last one through
-/// [`Context::body`], then hands it the handler's future with [`Context::run`].
+/// The idempotency state of one request, as [`Arguments`](super::Arguments) extracted it: the
+/// request's preparation if it takes part (its key and scope, its settings, the start of its
+/// fingerprint), and the slot of a Postgres transaction. The expansion of `#[idempotent]` feeds
+/// the handler's inputs with [`Context::input`], then hands it the handler's future with
+/// [`Context::run`].
 pub struct Context<O> {
-    request: Request,
+    /// `None` when the request takes no part (no key, or a method the handler does not cover).
+    prepared: Option<Box<Prepared>>,
     /// A slot for the handler's `idem::postgres::Transaction`, when the store is Postgres.
     transaction: Offer,
     _options: PhantomData<fn() -> O>,
 }
 
-/// Where a request stands in idempotency while the handler's arguments are extracted.
-enum Request {
-    /// It takes no part (no key, or a method the handler does not cover).
-    Keyless,
-    /// It takes part, and the rest of its preparation waits, with its key, for the last argument
-    /// ([`Last`]), which answers a byte-identical retry before anything else is needed.
-    Waiting,
-    /// It takes part and is prepared.
-    Prepared(Box<Prepared>),
-}
-
 impl<O> std::fmt::Debug for Context<O> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let request = match &self.request {
-            Request::Keyless => "keyless",
-            Request::Waiting => "waiting for the last argument",
-            Request::Prepared(_) => "prepared",
-        };
-        let key = match &self.request {
-            Request::Prepared(prepared) => Some(&prepared.key),
-            _ => None,
-        };
         f.debug_struct("Context")
-            .field("request", &request)
-            .field("key", &key)
-            .finish()
+            .field("key", &self.prepared.as_ref().map(|prepared| &prepared.key))
+            .finish_non_exhaustive()
     }
 }
 
-impl<O: HandlerConfig, S: Send + Sync> FromRequestParts<S> for Context<O> {
-    type Rejection = KeyRejection;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, KeyRejection> {
-        let keyed = prepare::key(parts, &O::OPTIONS)?;
+impl<O: HandlerConfig> Context<O> {
+    /// The context of a request whose key is read (`keyed`), prepared in full: made before any
+    /// of the handler's extractors runs, as the transaction's slot must be in `parts` by then.
+    pub(super) fn prepare(parts: &mut Parts, keyed: Option<Keyed>) -> Self {
         let transaction = Offer::make(parts, &O::OPTIONS, keyed.as_ref().map(|keyed| &keyed.key));
-        let request = match keyed {
-            None => Request::Keyless,
-            Some(keyed) if O::exact_replay() => {
-                parts.extensions.insert(Peek(keyed));
-                Request::Waiting
-            }
-            Some(keyed) => Request::Prepared(Prepared::new(keyed, parts, &O::OPTIONS)),
-        };
-        Ok(Context {
-            request,
+        let prepared = keyed.map(|keyed| Prepared::new(keyed, parts, &O::OPTIONS));
+        Self {
+            prepared,
             transaction,
             _options: PhantomData,
-        })
+        }
+    }
+
+    /// Keeps with the request the digest of its exact bytes, read before its arguments were
+    /// extracted, for the record its response will make.
+    pub(super) fn keep_digest(&mut self, digest: Option<RequestDigest>) {
+        if let Some(prepared) = &mut self.prepared {
+            prepared.digest = digest;
+        }
     }
 }
 
@@ -145,33 +117,14 @@ impl<O> Context<O> {
     /// Whether the request takes part in idempotency (it has a key and an accepted method).
     #[must_use]
     pub fn is_idempotent(&self) -> bool {
-        !matches!(self.request, Request::Keyless)
-    }
-
-    /// Takes from the handler's last argument the rest of the request's preparation, if it waited
-    /// for that argument; called before any input is fed.
-    pub fn adopt<T>(&mut self, last: &mut Last<T, O>) {
-        if let Some(prepared) = body::prepared(last) {
-            self.request = Request::Prepared(prepared);
-        }
+        self.prepared.is_some()
     }
 
     /// Adds the handler's next argument to the request's fingerprint.
     pub fn input<T: FingerprintInput + ?Sized>(&mut self, input: &T) {
-        if let Request::Prepared(request) = &mut self.request {
-            request.input(input);
+        if let Some(prepared) = &mut self.prepared {
+            prepared.input(input);
         }
-    }
-
-    /// Takes the handler's last argument, after every other one went through [`Context::input`],
-    /// and adds it to the request's fingerprint. (A byte-identical retry of a completed request
-    /// never gets here: [`Last`] answered it with the replay.)
-    pub fn body<T: FingerprintInput>(&mut self, last: Last<T, O>) -> T {
-        let request = match &mut self.request {
-            Request::Prepared(request) => Some(&mut **request),
-            _ => None,
-        };
-        body::extract(request, last)
     }
 
     /// Runs the handler's future under the idempotency rules and answers.
@@ -187,26 +140,15 @@ impl<O> Context<O> {
         // The futures are made here, not in an `async` block: what is returned is the one that
         // runs, without a second copy of the handler's future beside it.
         let Context {
-            request,
+            prepared,
             transaction,
             ..
         } = self;
-        match request {
-            Request::Keyless => Either::Left(transaction.run_keyless(handler)),
-            Request::Prepared(request) => {
-                let produce = produce(handler, request.settings.max_body_bytes);
-                Either::Right(Either::Left(request.run(produce, transaction)))
-            }
-            // The expansion adopts the preparation from the last argument before it feeds any
-            // input, and that argument always carries one for a waiting request; should it not,
-            // the handler must not run without its key's protection: the request fails closed.
-            Request::Waiting => {
-                tracing::error!(target: "idem", outcome = "store_error", "the request's preparation never reached its context; handler not run");
-                let answer = Idempotency::global()
-                    .settings()
-                    .errors
-                    .render(&Problem::store_unavailable());
-                Either::Right(Either::Right(std::future::ready(answer)))
+        match prepared {
+            None => Either::Left(transaction.run_keyless(handler)),
+            Some(prepared) => {
+                let produce = produce(handler, prepared.settings.max_body_bytes);
+                Either::Right(prepared.run(produce, transaction))
             }
         }
     }

@@ -4,8 +4,8 @@
 //! prepare: key extraction ─► (no key) ───────────────────────► handler runs, nothing stored
 //!    │ bad key → 400
 //!    ▼
-//! body: read ─► same bytes as a completed request ───────────► replay (body not parsed)
-//!    │ parse the body; extractor rejection → its own answer
+//! extract: body read ─► same bytes as a completed request ─► replay (nothing extracted)
+//!    │ the handler's arguments; an extractor's rejection → its own answer
 //!    ▼
 //! claim(scope + key, fingerprint, token, lease)
 //!    │ Fresh             → handler: run it, capture status, headers, body
@@ -17,13 +17,15 @@
 //!    │ store error       → 503, handler not run
 //! ```
 //!
-//! - `prepare`: what `#[idempotent]`'s first extractor, [`Context`], reads before any other
-//!   extractor runs: the key (a bad one answers `400`) and the scope; then the rest of the
-//!   preparation (the settings, the fingerprint's start with the request line), at once, or by
-//!   the last argument for a handler whose every input is determined by the request's bytes.
-//! - `body`: the handler's last argument, through [`Last`]: for such a handler its body is read
-//!   into memory first, and a byte-identical retry is answered with the replay by the extractor
-//!   itself, before the body is parsed and before anything else is prepared.
+//! - `prepare`: what a request brings before any of the handler's extractors runs: the key (a bad
+//!   one answers `400`) and the scope; then the rest of the preparation (the settings, the
+//!   fingerprint's start with the request line).
+//! - `extract`: the handler's arguments, through one extractor, [`Arguments`], that reads the key
+//!   first; for a handler whose every input is determined by the request's bytes, it reads the
+//!   body into memory and answers a byte-identical retry with the replay itself, before any
+//!   argument is extracted and before anything else is prepared.
+//! - `context`: the request's state once its arguments are extracted, [`Context`], which feeds
+//!   them to the fingerprint and runs the handler under the rules.
 //! - `exchange`: claim, handler and completion as one unit that a client disconnect cannot cut
 //!   short. It runs in place; what has to wait (a store call over the network, a handler that
 //!   waits) moves into a task of its own.
@@ -36,15 +38,15 @@
 //!
 //! Every outcome is a `tracing` event on the target `idem` with the field `outcome`.
 
-mod body;
 mod claim;
 mod context;
 mod exchange;
+mod extract;
 mod handler;
 mod prepare;
 mod record;
 mod transaction;
 
-pub use self::body::Last;
 pub use self::context::{Context, HandlerConfig, InputProbe, ProbeInput, ProbeOther};
+pub use self::extract::Arguments;
 pub use self::prepare::KeyRejection;

@@ -18,9 +18,9 @@ pub(super) struct Prepared {
     pub(super) settings: Settings,
     pub(super) key: StoreKey,
     pub(super) fingerprint: Fingerprinter,
-    /// The digest of the exact request, kept with the response: known when the last argument read
-    /// the body ahead, which it does only for a handler whose every input is determined by the
-    /// request's bytes ([`HandlerConfig::exact_replay`](super::HandlerConfig::exact_replay)).
+    /// The digest of the exact request, kept with the response: known when the body was read
+    /// ahead, which it is only for a handler whose every input is determined by the request's
+    /// bytes ([`HandlerConfig::exact_replay`](super::HandlerConfig::exact_replay)).
     pub(super) digest: Option<RequestDigest>,
     /// The route, for metrics.
     pub(super) route: Route,
@@ -116,7 +116,7 @@ fn reject_key(
     }
 }
 
-/// The rejection of [`Context`](super::Context): the key is invalid, or missing where it is
+/// The rejection of [`Arguments`](super::Arguments) for the key: it is invalid, or missing where it is
 /// required. Answers `400` ([`Problem::invalid_key`]) in the request's error format.
 #[derive(Debug, Clone)]
 pub struct KeyRejection {

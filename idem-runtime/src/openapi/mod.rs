@@ -90,13 +90,13 @@ use utoipa::openapi::{
 
 use crate::config::handler::HandlerOptions;
 use crate::config::{Idempotency, Settings};
-use crate::execute::{Context, HandlerConfig};
+use crate::execute::{Arguments, HandlerConfig};
 use crate::problem::{Problem, ProblemKind};
 
 pub(crate) mod schemas;
 
 /// The handler of an `#[idempotent]` function: what [`Idempotent::handler`] takes. Implemented
-/// for every function the attribute wrote; `M` is only there to tell the arities apart.
+/// for every function the attribute wrote; `M` names its options and arguments.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an `#[idempotent]` handler",
     label = "not written with `#[idempotent]`",
@@ -108,36 +108,13 @@ pub trait IdempotentHandler<M> {
     type Options: HandlerConfig;
 }
 
-macro_rules! idempotent_handler {
-    ($($arg:ident),*) => {
-        impl<F, Fut, O, $($arg,)*> IdempotentHandler<(O, $($arg,)*)> for F
-        where
-            F: FnOnce(Context<O>, $($arg,)*) -> Fut,
-            O: HandlerConfig,
-        {
-            type Options = O;
-        }
-    };
+impl<F, Fut, O, T> IdempotentHandler<(O, T)> for F
+where
+    F: FnOnce(Arguments<O, T>) -> Fut,
+    O: HandlerConfig,
+{
+    type Options = O;
 }
-
-idempotent_handler!();
-idempotent_handler!(T1);
-idempotent_handler!(T1, T2);
-idempotent_handler!(T1, T2, T3);
-idempotent_handler!(T1, T2, T3, T4);
-idempotent_handler!(T1, T2, T3, T4, T5);
-idempotent_handler!(T1, T2, T3, T4, T5, T6);
-idempotent_handler!(T1, T2, T3, T4, T5, T6, T7);
-idempotent_handler!(T1, T2, T3, T4, T5, T6, T7, T8);
-idempotent_handler!(T1, T2, T3, T4, T5, T6, T7, T8, T9);
-idempotent_handler!(T1, T2, T3, T4, T5, T6, T7, T8, T9, T10);
-idempotent_handler!(T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11);
-idempotent_handler!(T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11, T12);
-idempotent_handler!(T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11, T12, T13);
-idempotent_handler!(T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11, T12, T13, T14);
-idempotent_handler!(
-    T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11, T12, T13, T14, T15
-);
 
 /// One handler to document.
 struct Documented {

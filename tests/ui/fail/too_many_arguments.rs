@@ -18,7 +18,8 @@ async fn create_charge(
     _m: Method,
     _n: Uri,
     _o: HeaderMap,
-    _p: String,
+    _p: Method,
+    _q: String,
 ) -> &'static str {
     "created"
 }

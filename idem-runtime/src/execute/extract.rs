@@ -1,0 +1,262 @@
+//! The second phase: the handler's arguments, extracted by one extractor, [`Arguments`], once the
+//! key and the scope are read. For a handler whose every input is determined by the request's
+//! bytes, the body is read into memory first, so that a retry that repeats a completed request
+//! byte for byte is answered before any argument is extracted, by the extractor itself.
+
+use std::future::ready;
+use std::pin::Pin;
+use std::task::{self, Poll};
+
+use axum::RequestExt as _;
+use axum::body::Body;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::FutureExt as _;
+use futures_util::future::Either;
+use http::request::Parts;
+
+use super::claim::replay;
+use super::context::{Context, HandlerConfig};
+use super::prepare::{self, Keyed, request_line};
+use crate::fingerprint::RequestDigest;
+use crate::metrics::Route;
+
+/// The one argument of the handler `#[idempotent]` writes: the request's idempotency
+/// [`Context`] and the original handler's arguments `T`, as a tuple, extracted in their order.
+///
+/// Extracting it first reads the key (answering `400` for a bad one, or a missing one where it is
+/// required) and the scope, before any of the handler's own extractors can see the request. Then:
+///
+/// - for a request with a key, to a handler whose every input is determined by the request's bytes
+///   ([`HandlerConfig::exact_replay`]), the body is read into memory and the request's digest
+///   looked up, and a byte-identical retry of a completed request is answered with the replay (the
+///   rejection, `Err`) without `T` being extracted at all. The body is read under the same limit
+///   `T`'s extractors would apply (axum's [`DefaultBodyLimit`](axum::extract::DefaultBodyLimit));
+///   if reading fails, they are handed the failure and answer with their own rejection;
+/// - otherwise `T` is extracted as the handler's arguments would have been, each rejection the
+///   extractor's own.
+///
+/// One extractor instead of one before the handler's arguments and one around its last: nothing
+/// has to reach the last argument through the request's extensions, and no extractor of the
+/// handler's can take it away.
+pub struct Arguments<O, T> {
+    context: Context<O>,
+    arguments: T,
+}
+
+impl<O, T> std::fmt::Debug for Arguments<O, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Arguments")
+            .field("context", &self.context)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<O, T> Arguments<O, T> {
+    /// The request's context and the handler's arguments.
+    pub fn into_parts(self) -> (Context<O>, T) {
+        (self.context, self.arguments)
+    }
+}
+
+impl<S, O, T> FromRequest<S> for Arguments<O, T>
+where
+    S: Send + Sync,
+    T: FromRequest<S> + Send + 'static,
+    O: HandlerConfig,
+{
+    type Rejection = Response;
+
+    #[allow(
+        clippy::result_large_err,
+        reason = "the error is the request's answer, moved once; boxing it would cost an allocation"
+    )]
+    fn from_request(
+        request: Request,
+        state: &S,
+    ) -> impl Future<Output = Result<Self, Response>> + Send {
+        // Futures made here rather than one `async fn`, so that the extractors' futures are not
+        // held beside the request they consume.
+        let (mut parts, body) = request.into_parts();
+        match prepare::key(&parts, &O::OPTIONS) {
+            Err(rejection) => Either::Left(ready(Err(rejection.into_response()))),
+            Ok(Some(keyed)) if O::exact_replay() => {
+                Either::Right(Either::Left(read_first::<S, T, O>(
+                    parts, body, state, keyed,
+                )))
+            }
+            Ok(keyed) => {
+                let context = Context::prepare(&mut parts, keyed);
+                Either::Right(Either::Right(extract(
+                    context,
+                    Request::from_parts(parts, body),
+                    state,
+                )))
+            }
+        }
+    }
+}
+
+impl<S, O, T> FromRequestParts<S> for Arguments<O, T>
+where
+    S: Send + Sync,
+    T: FromRequestParts<S> + Send,
+    O: HandlerConfig,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        // No body to read first: the request is prepared at once.
+        let keyed = prepare::key(parts, &O::OPTIONS).map_err(IntoResponse::into_response)?;
+        let context = Context::prepare(parts, keyed);
+        match T::from_request_parts(parts, state).await {
+            Ok(arguments) => Ok(Self { context, arguments }),
+            Err(rejection) => Err(rejection.into_response()),
+        }
+    }
+}
+
+/// `T` extracted from `request`, beside `context`, or `T`'s rejection.
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the request's answer, moved once; boxing it would cost an allocation"
+)]
+fn extract<'a, S, T, O>(
+    context: Context<O>,
+    request: Request,
+    state: &'a S,
+) -> impl Future<Output = Result<Arguments<O, T>, Response>> + Send + 'a
+where
+    S: Send + Sync,
+    T: FromRequest<S> + Send + 'static,
+    O: HandlerConfig,
+{
+    T::from_request(request, state).map(move |extracted| match extracted {
+        Ok(arguments) => Ok(Arguments { context, arguments }),
+        Err(rejection) => Err(rejection.into_response()),
+    })
+}
+
+/// [`Arguments`] whose body is read into memory and looked up before `T` is extracted from it:
+/// the replay of a byte-identical retry of a completed request (`Err`), or else `T`, extracted.
+///
+/// Two futures one after the other (`then`), so that the reading's state and `T`'s future share
+/// their room instead of sitting side by side in one `async fn`.
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the request's answer, moved once; boxing it would cost an allocation"
+)]
+fn read_first<'a, S, T, O>(
+    parts: Parts,
+    body: Body,
+    state: &'a S,
+    keyed: Keyed,
+) -> impl Future<Output = Result<Arguments<O, T>, Response>> + Send + 'a
+where
+    S: Send + Sync,
+    T: FromRequest<S> + Send + 'static,
+    O: HandlerConfig,
+{
+    look_up::<O>(parts, body, keyed).then(move |looked| match looked {
+        Err(replay) => Either::Left(ready(Err(replay))),
+        Ok(Unseen {
+            mut parts,
+            body,
+            keyed,
+            digest,
+        }) => {
+            let mut context = Context::prepare(&mut parts, Some(keyed));
+            context.keep_digest(digest);
+            Either::Right(extract(context, Request::from_parts(parts, body), state))
+        }
+    })
+}
+
+/// A request that is not a byte-identical retry of a completed one: its parts, its body in memory
+/// (or the failure to read it), its key and its digest (if the body could be read).
+struct Unseen {
+    parts: Parts,
+    body: Body,
+    keyed: Keyed,
+    digest: Option<RequestDigest>,
+}
+
+/// Reads the body into memory and looks its request up: the replay of a byte-identical retry of
+/// a completed request (`Err`), or else the request, [`Unseen`].
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the request's answer, moved once; boxing it would cost an allocation"
+)]
+async fn look_up<O: HandlerConfig>(
+    parts: Parts,
+    body: Body,
+    keyed: Keyed,
+) -> Result<Unseen, Response> {
+    let (parts, body) = Request::from_parts(parts, body)
+        .with_limited_body()
+        .into_parts();
+    let body = match crate::collect::to_bytes(body).await {
+        Ok(body) => body,
+        // The extractor reads the failure in place of the body, and rejects it as its own.
+        Err(error) => {
+            return Ok(Unseen {
+                parts,
+                body: Body::new(Failed(Some(innermost(error)))),
+                keyed,
+                digest: None,
+            });
+        }
+    };
+    let (method, route, path, query) = request_line(&parts);
+    let content_type = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .map(http::HeaderValue::as_bytes);
+    let digest = RequestDigest::new(method, route, path, query, content_type, &body);
+    let Keyed { config, key } = &keyed;
+    if let Some(completed) = config.store().peek(key)
+        && completed.request_digest == Some(digest)
+    {
+        tracing::debug!(target: "idem", outcome = "replayed", exact = true, key = %key.key(), status = completed.response.status().as_u16(), "replaying stored response to a byte-identical retry");
+        Route::of(&parts).outcome("replayed");
+        let errors = match O::OPTIONS.errors {
+            Some(errors) => errors,
+            None => config.settings().errors.clone(),
+        };
+        return Err(replay(&errors, &completed));
+    }
+    Ok(Unseen {
+        parts,
+        body: Body::from(body),
+        keyed,
+        digest: Some(digest),
+    })
+}
+
+/// The error inside the layers of `axum::Error` that bodies wrap around it, so that an extractor
+/// reading it again (and wrapping it again) still recognises a length limit.
+fn innermost(error: axum::Error) -> axum::BoxError {
+    let mut inner = error.into_inner();
+    loop {
+        match inner.downcast::<axum::Error>() {
+            Ok(wrapped) => inner = wrapped.into_inner(),
+            Err(other) => return other,
+        }
+    }
+}
+
+/// A body whose reading failed: yields the failure, once, to whoever reads it next.
+struct Failed(Option<axum::BoxError>);
+
+impl http_body::Body for Failed {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut task::Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::BoxError>>> {
+        Poll::Ready(self.get_mut().0.take().map(Err))
+    }
+}
