@@ -186,9 +186,11 @@ use proc_macro::TokenStream;
 /// # With other attributes
 ///
 /// Write `#[idempotent]` above the handler's other attributes: it reads the route attributes below
-/// it, and they see the handler as the attribute rewrote it. `#[axum::debug_handler]` works below
-/// `#[idempotent]` (above it, it checks the handler before the rewrite and fails), and so do
-/// `#[utoipa::path(..)]` and `#[route(..)]`.
+/// it, and they see the handler as the attribute rewrote it, which takes its arguments as one
+/// extractor. `#[axum::debug_handler]` works below `#[idempotent]`, and checks the handler as
+/// written (above it, it checks the handler before the rewrite and fails); so does `#[route(..)]`. A `#[utoipa::path(..)]` below it documents the handler from its
+/// signature as written (a `Path` parameter's type, a `Json` body's schema), as it would without
+/// `#[idempotent]`.
 ///
 /// # Limits
 ///
