@@ -117,6 +117,7 @@ fn expand(handler: &Handler, args: &Args) -> TokenStream {
     let cfgs: Vec<_> = attrs
         .iter()
         .filter(|attr| attr.path().is_ident("cfg"))
+        .copied()
         .collect();
     let documented = documented(&attrs, handler, &cfgs);
     let attrs = attrs.iter().filter(|attr| utoipa_path(attr).is_none());
@@ -176,7 +177,7 @@ fn utoipa_path(attr: &syn::Attribute) -> Option<&syn::MetaList> {
 fn documented(
     attrs: &[&syn::Attribute],
     handler: &Handler,
-    cfgs: &[&&syn::Attribute],
+    cfgs: &[&syn::Attribute],
 ) -> TokenStream {
     let Some(list) = attrs.iter().find_map(|attr| utoipa_path(attr)) else {
         return TokenStream::new();

@@ -14,7 +14,7 @@ use crate::config::handler::HandlerOptions;
 use crate::fingerprint::{FingerprintInput, RequestDigest};
 
 /// The options of one idempotent handler, as a type: `#[idempotent]` declares one per handler so
-/// that [`Context`] knows them while it is extracted.
+/// that [`Arguments`](super::Arguments) knows them while it is extracted.
 pub trait HandlerConfig: Send + Sync + 'static {
     /// The handler's settings.
     const OPTIONS: HandlerOptions;

@@ -37,9 +37,8 @@ use crate::metrics::Route;
 /// - otherwise `T` is extracted as the handler's arguments would have been, each rejection the
 ///   extractor's own.
 ///
-/// One extractor instead of one before the handler's arguments and one around its last: nothing
-/// has to reach the last argument through the request's extensions, and no extractor of the
-/// handler's can take it away.
+/// As one extractor reads the key and extracts the arguments, the key never travels through the
+/// request's extensions, and no extractor of the handler's can take it away.
 pub struct Arguments<O, T> {
     context: Context<O>,
     arguments: T,

@@ -28,7 +28,6 @@ pub(super) struct Prepared {
 
 /// A request that takes part in idempotency, as far as its key: the configuration in effect and
 /// the key in its scope. What [`Prepared::new`] makes the rest of the preparation from.
-#[derive(Clone)]
 pub(super) struct Keyed {
     pub(super) config: Idempotency,
     pub(super) key: StoreKey,
@@ -116,8 +115,8 @@ fn reject_key(
     }
 }
 
-/// The rejection of [`Arguments`](super::Arguments) for the key: it is invalid, or missing where it is
-/// required. Answers `400` ([`Problem::invalid_key`]) in the request's error format.
+/// The rejection of [`Arguments`](super::Arguments) for the key: it is invalid, or missing where
+/// it is required. Answers `400` ([`Problem::invalid_key`]) in the request's error format.
 #[derive(Debug, Clone)]
 pub struct KeyRejection {
     error: KeyError,
