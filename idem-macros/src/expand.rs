@@ -94,7 +94,8 @@ fn expand(handler: &Handler, args: &Args) -> TokenStream {
         ReturnType::Default => sig.ident.span(),
         ReturnType::Type(_, ty) => Span::call_site().located_at(ty.span()),
     };
-    let run = quote_spanned!(run_span=> __idem_ctx.run(__idem_handler(#(#arg_names),*)).await);
+    let run = quote_spanned!(run_span=> __idem_ctx.run(__idem_handler(#(#arg_names),*)));
+    let awaited = quote_spanned!(run_span=> __idem_run.await);
     // `#[axum::debug_handler]` checks the handler as written: the function with the original
     // arguments, whose extractors it can name and whose state it can infer.
     let (checks, attrs): (Vec<_>, Vec<_>) = attrs.iter().partition(|attr| {
@@ -146,9 +147,14 @@ fn expand(handler: &Handler, args: &Args) -> TokenStream {
             #(#checks)*
             #[allow(clippy::too_many_arguments)]
             #asyncness fn __idem_handler(#(#inner_params),*) #output #block
-            let (#ctx_mut __idem_ctx, (#(#arg_names,)*)) = __idem_arguments.into_parts();
-            #(#inputs)*
-            #run
+            // The runtime's future is made in a block of its own, so that this function's future
+            // keeps no room for the arguments it hands over.
+            let __idem_run = {
+                let (#ctx_mut __idem_ctx, (#(#arg_names,)*)) = __idem_arguments.into_parts();
+                #(#inputs)*
+                #run
+            };
+            #awaited
         }
 
         #documented

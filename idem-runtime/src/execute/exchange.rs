@@ -47,12 +47,14 @@ impl Prepared {
         if self.config.store().immediate().is_some()
             && self.settings.conflict != ConflictPolicy::Wait
         {
-            let claimed = std::panic::catch_unwind(AssertUnwindSafe(|| self.claim_here()));
-            return match claimed {
-                Ok(Ok(execution)) => execution.run_here(produce).await,
-                Ok(Err(answer)) => answer,
-                Err(_panic) => aborted(&errors, &route, &"a panic"),
+            // The claim's result is taken apart before anything is awaited, so that this future
+            // keeps no room for it.
+            let execution = match std::panic::catch_unwind(AssertUnwindSafe(|| self.claim_here())) {
+                Ok(Ok(execution)) => execution,
+                Ok(Err(answer)) => return answer,
+                Err(_panic) => return aborted(&errors, &route, &"a panic"),
             };
+            return execution.run_here(produce).await;
         }
         let mut exchange = Box::pin(self.process(produce, transaction));
         let first_poll = poll_fn(|cx| {

@@ -117,6 +117,12 @@ where
 }
 
 /// `T` extracted from `request`, beside `context`, or `T`'s rejection.
+///
+/// `T`'s future is boxed. Extractors that read the body make large futures (axum's `Json`,
+/// about 1.1 KiB), and inline it would size every request's future, a replay's too: axum boxes
+/// the whole handler's future, and past 1 KiB the allocator serves it by a slower path, which
+/// tidies its caches of small blocks first. Boxed, a replay never allocates it, and a first
+/// execution pays one allocation.
 #[allow(
     clippy::result_large_err,
     reason = "the error is the request's answer, moved once; boxing it would cost an allocation"
@@ -131,7 +137,7 @@ where
     T: FromRequest<S> + Send + 'static,
     O: HandlerConfig,
 {
-    T::from_request(request, state).map(move |extracted| match extracted {
+    Box::pin(T::from_request(request, state)).map(move |extracted| match extracted {
         Ok(arguments) => Ok(Arguments { context, arguments }),
         Err(rejection) => Err(rejection.into_response()),
     })
@@ -187,26 +193,44 @@ struct Unseen {
     clippy::result_large_err,
     reason = "the error is the request's answer, moved once; boxing it would cost an allocation"
 )]
-async fn look_up<O: HandlerConfig>(
+fn look_up<O: HandlerConfig>(
     parts: Parts,
     body: Body,
     keyed: Keyed,
-) -> Result<Unseen, Response> {
+) -> impl Future<Output = Result<Unseen, Response>> + Send {
+    // The limit is applied here, and the rest is a block that captures what it needs, rather than
+    // one `async fn`: a function's arguments would be kept beside the locals made from them.
     let (parts, body) = Request::from_parts(parts, body)
         .with_limited_body()
         .into_parts();
-    let body = match crate::collect::to_bytes(body).await {
-        Ok(body) => body,
-        // The extractor reads the failure in place of the body, and rejects it as its own.
-        Err(error) => {
-            return Ok(Unseen {
-                parts,
-                body: Body::new(Failed(Some(innermost(error)))),
-                keyed,
-                digest: None,
-            });
-        }
-    };
+    async move {
+        let body = match crate::collect::to_bytes(body).await {
+            Ok(body) => body,
+            // The extractor reads the failure in place of the body, and rejects it as its own.
+            Err(error) => {
+                return Ok(Unseen {
+                    parts,
+                    body: Body::new(Failed(Some(innermost(error)))),
+                    keyed,
+                    digest: None,
+                });
+            }
+        };
+        check_digest::<O>(parts, body, keyed)
+    }
+}
+
+/// The request of [`look_up`], its body read: the replay of a byte-identical retry of a completed
+/// request (`Err`), or else the request, [`Unseen`].
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the request's answer, moved once; boxing it would cost an allocation"
+)]
+fn check_digest<O: HandlerConfig>(
+    parts: Parts,
+    body: Bytes,
+    keyed: Keyed,
+) -> Result<Unseen, Response> {
     let (method, route, path, query) = request_line(&parts);
     let content_type = parts
         .headers

@@ -81,8 +81,11 @@ impl Execution {
     ///
     /// [`IdempotencyStore::immediate`]: crate::store::IdempotencyStore::immediate
     pub(super) async fn run_here(self: Box<Self>, mut produce: Produce) -> Response {
-        match poll_fn(|cx| Poll::Ready(produce.as_mut().poll(cx))).await {
-            Poll::Ready(produced) => {
+        // In a block of its own, so that this future keeps no room for what the first poll
+        // produced while it waits for the task.
+        {
+            let polled = poll_fn(|cx| Poll::Ready(produce.as_mut().poll(cx))).await;
+            if let Poll::Ready(produced) = polled {
                 let (answer, outcome) = self.conclude(produced, None);
                 if let Some(outcome) = outcome {
                     let route = self.route.clone();
@@ -92,15 +95,14 @@ impl Execution {
                         record_panicked(&route);
                     }
                 }
-                answer
+                return answer;
             }
-            Poll::Pending => {
-                let (errors, route) = (self.settings.errors.clone(), self.route.clone());
-                match tokio::spawn(self.drive(produce)).await {
-                    Ok(response) => response,
-                    Err(error) => aborted(&errors, &route, &error),
-                }
-            }
+        }
+        let (errors, route) = (self.settings.errors.clone(), self.route.clone());
+        let task = tokio::spawn(self.drive(produce));
+        match task.await {
+            Ok(response) => response,
+            Err(error) => aborted(&errors, &route, &error),
         }
     }
 
