@@ -82,20 +82,31 @@ impl CompletedCache {
     }
 
     /// The record of `key`, if there is one whose TTL is still running.
+    ///
+    /// The clock is read only once the key is known to be held: most looks are at keys that are
+    /// new, and those cost one probe of the table and nothing else.
     pub(super) fn get(&self, key: &StoreKey) -> Option<Arc<Completed>> {
-        self.get_at(key, Instant::now())
+        if !self.cache.contains_key(key) {
+            return None;
+        }
+        self.fetch(key, Instant::now())
     }
 
     /// The record of `key`, if there is one whose TTL is still running at `now`.
-    ///
-    /// Most looks at a key that is new find nothing, and a cache `get` that misses still records
-    /// the miss for the cache's housekeeping, which it then runs on the caller's time.
-    /// `contains_key` records nothing, so a miss costs one probe of the table; only a hit pays for
-    /// a `get`, which marks the record as recently used.
     pub(super) fn get_at(&self, key: &StoreKey, now: Instant) -> Option<Arc<Completed>> {
         if !self.cache.contains_key(key) {
             return None;
         }
+        self.fetch(key, now)
+    }
+
+    /// The record of `key`, which was held a moment ago, if its TTL is still running at `now`.
+    ///
+    /// Most looks at a key that is new find nothing, and a cache `get` that misses still records
+    /// the miss for the cache's housekeeping, which it then runs on the caller's time.
+    /// `contains_key` records nothing, so the callers probe with it first; only a hit pays for
+    /// a `get`, which marks the record as recently used.
+    fn fetch(&self, key: &StoreKey, now: Instant) -> Option<Arc<Completed>> {
         let now = self.millis(now);
         self.cache
             .get(key)

@@ -168,7 +168,7 @@ impl RedisStore {
     }
 
     fn kept(&self, key: &StoreKey) -> Option<Arc<Completed>> {
-        self.local.as_ref()?.get_at(key, Instant::now())
+        self.local.as_ref()?.get(key)
     }
 
     /// Reads a record answered by the claim or lookup script, and keeps it in the local tier if it
