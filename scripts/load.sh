@@ -28,6 +28,9 @@
 #
 #   scripts/load.sh                  # 3 rounds of 10 s per mode
 #   ROUNDS=5 DURATION=20s CONNECTIONS=32 scripts/load.sh
+#   MODES="plain replay floor" scripts/load.sh     # some of the modes (plain always runs)
+#   SERVER_BIN=/other/target/release/deps/load_server-… scripts/load.sh
+#                                    # a server built elsewhere, e.g. from an older commit
 #
 # Needs wrk and taskset. The server is pinned to CPU 0 (SERVER_CPU) and the single wrk thread to
 # CPU 1 (CLIENT_CPU). The modes run interleaved, round after round, so that a noisy neighbour slows
@@ -43,15 +46,28 @@ CONNECTIONS=${CONNECTIONS:-16}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 PORT=${PORT:-3917}
-MODES=(plain first forget vacant roomy replay floor busy store moka moka_roomy)
+ALL_MODES="plain first forget vacant roomy replay floor busy store moka moka_roomy"
+read -r -a MODES <<<"${MODES:-$ALL_MODES}"
+for mode in "${MODES[@]}"; do
+    grep -qw -- "$mode" <<<"$ALL_MODES" || { echo "unknown mode '$mode'; the modes: $ALL_MODES" >&2; exit 1; }
+done
+# Every ratio is to plain, so plain always runs, first in each round.
+if ! grep -qw plain <<<"${MODES[*]}"; then
+    MODES=(plain "${MODES[@]}")
+fi
 
 for tool in wrk taskset; do
     command -v "$tool" >/dev/null || { echo "load.sh needs $tool" >&2; exit 1; }
 done
 
-server_bin=$(cargo bench --bench load_server --no-run --message-format=json 2>/dev/null |
-    sed -n 's/.*"executable":"\([^"]*load_server[^"]*\)".*/\1/p' | tail -n 1)
-[ -x "$server_bin" ] || { echo "could not build benches/load_server.rs" >&2; exit 1; }
+if [ -n "${SERVER_BIN:-}" ]; then
+    server_bin=$SERVER_BIN
+    [ -x "$server_bin" ] || { echo "SERVER_BIN=$server_bin is not an executable" >&2; exit 1; }
+else
+    server_bin=$(cargo bench --bench load_server --no-run --message-format=json 2>/dev/null |
+        sed -n 's/.*"executable":"\([^"]*load_server[^"]*\)".*/\1/p' | tail -n 1)
+    [ -x "$server_bin" ] || { echo "could not build benches/load_server.rs" >&2; exit 1; }
+fi
 
 log=$(mktemp)
 LOAD_ADDR="127.0.0.1:$PORT" taskset -c "$SERVER_CPU" "$server_bin" >"$log" 2>&1 &
@@ -119,22 +135,38 @@ for mode in "${MODES[@]}"; do
         'BEGIN { printf "%-10s %12.0f %7.2fx %10.0f %7.2fx %14.2f %7.2fx\n", m, r, r / br, p, p / bp, c, c / bc }'
 done
 
-# The split, from the medians: what a first execution adds to a plain request's server CPU.
-first_c=$(median <<<"${cpu[first]}")
-forget_c=$(median <<<"${cpu[forget]}")
-vacant_c=$(median <<<"${cpu[vacant]}")
-store_c=$(median <<<"${cpu[store]}")
-moka_c=$(median <<<"${cpu[moka]}")
-awk -v p="$base_c" -v f="$first_c" -v g="$forget_c" -v v="$vacant_c" -v s="$store_c" -v m="$moka_c" 'BEGIN {
-    printf "\nfirst adds %.2f µs of server CPU to plain. In place: moka'"'"'s insertion and what it causes %.2f µs (first - forget), the look of a new key into moka'"'"'s full table %.2f µs (forget - vacant), the rest %.2f µs (vacant - plain); first without moka'"'"'s insertion is %.2fx plain, without its look too %.2fx. Outside the layer: the store'"'"'s claim and completion %.2f µs, of which moka'"'"'s insertion %.2f µs.\n", f - p, f - g, g - v, v - p, g / p, v / p, s - p, m - p
-}'
+ran() {
+    for mode in "$@"; do
+        grep -qw -- "$mode" <<<"${MODES[*]}" || return 1
+    done
+}
 
-# What a replay adds, against the least any replay can do; and what moka's insertion alone adds far
-# from its bound, against a first execution there.
-replay_c=$(median <<<"${cpu[replay]}")
-floor_c=$(median <<<"${cpu[floor]}")
-roomy_c=$(median <<<"${cpu[roomy]}")
-moka_roomy_c=$(median <<<"${cpu[moka_roomy]}")
-awk -v p="$base_c" -v r="$replay_c" -v f="$floor_c" -v y="$roomy_c" -v m="$moka_roomy_c" 'BEGIN {
-    printf "replay adds %.2f µs of server CPU to plain, the least a replay can do (floor) %.2f µs: the layer'"'"'s plumbing %.2f µs. Far from the bound, a first execution (roomy) adds %.2f µs, moka'"'"'s insertion alone there (moka_roomy) %.2f µs (%.2fx plain).\n", r - p, f - p, r - f, y - p, m - p, m / p
-}'
+# The split, from the medians: what a first execution adds to a plain request's server CPU.
+if ran first forget vacant store moka; then
+    first_c=$(median <<<"${cpu[first]}")
+    forget_c=$(median <<<"${cpu[forget]}")
+    vacant_c=$(median <<<"${cpu[vacant]}")
+    store_c=$(median <<<"${cpu[store]}")
+    moka_c=$(median <<<"${cpu[moka]}")
+    awk -v p="$base_c" -v f="$first_c" -v g="$forget_c" -v v="$vacant_c" -v s="$store_c" -v m="$moka_c" 'BEGIN {
+        printf "\nfirst adds %.2f µs of server CPU to plain. In place: moka'"'"'s insertion and what it causes %.2f µs (first - forget), the look of a new key into moka'"'"'s full table %.2f µs (forget - vacant), the rest %.2f µs (vacant - plain); first without moka'"'"'s insertion is %.2fx plain, without its look too %.2fx. Outside the layer: the store'"'"'s claim and completion %.2f µs, of which moka'"'"'s insertion %.2f µs.\n", f - p, f - g, g - v, v - p, g / p, v / p, s - p, m - p
+    }'
+fi
+
+# What a replay adds, against the least any replay can do.
+if ran replay floor; then
+    replay_c=$(median <<<"${cpu[replay]}")
+    floor_c=$(median <<<"${cpu[floor]}")
+    awk -v p="$base_c" -v r="$replay_c" -v f="$floor_c" 'BEGIN {
+        printf "replay adds %.2f µs of server CPU to plain, the least a replay can do (floor) %.2f µs: the layer'"'"'s plumbing %.2f µs.\n", r - p, f - p, r - f
+    }'
+fi
+
+# What moka's insertion alone adds far from its bound, against a first execution there.
+if ran roomy moka_roomy; then
+    roomy_c=$(median <<<"${cpu[roomy]}")
+    moka_roomy_c=$(median <<<"${cpu[moka_roomy]}")
+    awk -v p="$base_c" -v y="$roomy_c" -v m="$moka_roomy_c" 'BEGIN {
+        printf "Far from the bound, a first execution (roomy) adds %.2f µs, moka'"'"'s insertion alone there (moka_roomy) %.2f µs (%.2fx plain).\n", y - p, m - p, m / p
+    }'
+fi
