@@ -189,10 +189,6 @@ struct Unseen {
 
 /// Reads the body into memory and looks its request up: the replay of a byte-identical retry of
 /// a completed request (`Err`), or else the request, [`Unseen`].
-#[allow(
-    clippy::result_large_err,
-    reason = "the error is the request's answer, moved once; boxing it would cost an allocation"
-)]
 fn look_up<O: HandlerConfig>(
     parts: Parts,
     body: Body,
