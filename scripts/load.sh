@@ -51,10 +51,14 @@ read -r -a MODES <<<"${MODES:-$ALL_MODES}"
 for mode in "${MODES[@]}"; do
     grep -qw -- "$mode" <<<"$ALL_MODES" || { echo "unknown mode '$mode'; the modes: $ALL_MODES" >&2; exit 1; }
 done
-# Every ratio is to plain, so plain always runs, first in each round.
-if ! grep -qw plain <<<"${MODES[*]}"; then
-    MODES=(plain "${MODES[@]}")
-fi
+# Whether every mode named ran (is in MODES).
+ran() {
+    for mode in "$@"; do
+        grep -qw -- "$mode" <<<"${MODES[*]}" || return 1
+    done
+}
+# Every ratio is to plain, so plain always runs; when it was not named, it runs first in each round.
+ran plain || MODES=(plain "${MODES[@]}")
 
 for tool in wrk taskset; do
     command -v "$tool" >/dev/null || { echo "load.sh needs $tool" >&2; exit 1; }
@@ -134,12 +138,6 @@ for mode in "${MODES[@]}"; do
     awk -v m="$mode" -v r="$r" -v br="$base_r" -v p="$p" -v bp="$base_p" -v c="$c" -v bc="$base_c" \
         'BEGIN { printf "%-10s %12.0f %7.2fx %10.0f %7.2fx %14.2f %7.2fx\n", m, r, r / br, p, p / bp, c, c / bc }'
 done
-
-ran() {
-    for mode in "$@"; do
-        grep -qw -- "$mode" <<<"${MODES[*]}" || return 1
-    done
-}
 
 # The split, from the medians: what a first execution adds to a plain request's server CPU.
 if ran first forget vacant store moka; then
