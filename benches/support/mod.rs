@@ -157,11 +157,12 @@ impl Forgetting {
 
     /// The store that answers for `key`, and whether it forgets the key's completion.
     fn route(&self, key: &StoreKey) -> (&MemoryStore, bool) {
-        let name = key.key().as_str();
-        if name.starts_with(VACANT) {
+        // The key's bytes, not its text: the text is checked again as it is made.
+        let name = key.key().as_bytes();
+        if name.starts_with(VACANT.as_bytes()) {
             (&self.empty, true)
         } else {
-            (&self.full, name.starts_with(FORGET))
+            (&self.full, name.starts_with(FORGET.as_bytes()))
         }
     }
 

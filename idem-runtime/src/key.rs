@@ -150,8 +150,17 @@ impl IdempotencyKey {
         }
     }
 
-    /// The key's bytes: printable ASCII.
-    fn as_bytes(&self) -> &[u8] {
+    /// The key's bytes: printable ASCII, the same as [`as_str`](Self::as_str)'s, without the
+    /// check that they are text.
+    ///
+    /// ```
+    /// use idem_runtime::key::IdempotencyKey;
+    ///
+    /// let key = IdempotencyKey::parse(b"ch-7", 255).unwrap();
+    /// assert!(key.as_bytes().starts_with(b"ch-"));
+    /// ```
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8] {
         match &self.0 {
             Repr::Inline { len, bytes } => &bytes[..usize::from(*len)],
             Repr::Heap(key) => key.as_bytes(),

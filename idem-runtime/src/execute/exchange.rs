@@ -2,7 +2,6 @@
 
 use std::future::poll_fn;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::task::Poll;
 
 use axum::response::Response;
@@ -82,8 +81,8 @@ impl Prepared {
     )]
     fn claim_here(self: Box<Self>) -> Result<Box<Execution>, Response> {
         let execution = self.begin()?;
+        let store = execution.store();
         let Execution {
-            store,
             settings,
             route,
             key,
@@ -91,7 +90,7 @@ impl Prepared {
             token,
             ..
         } = &*execution;
-        let claimed = claim_here(&**store, settings, "claim", key, fingerprint, *token)
+        let claimed = claim_here(store, settings, "claim", key, fingerprint, *token)
             .unwrap_or_else(|| Err(StoreError::new("the store no longer answers at once")));
         match settle(settings, route, key, fingerprint, claimed) {
             Decision::Run => Ok(execution),
@@ -109,8 +108,8 @@ impl Prepared {
             Ok(execution) => execution,
             Err(answer) => return answer,
         };
+        let store = execution.store();
         let Execution {
-            store,
             settings,
             route,
             key,
@@ -118,7 +117,7 @@ impl Prepared {
             token,
             ..
         } = &*execution;
-        match decide(&**store, settings, route, key, fingerprint, *token).await {
+        match decide(store, settings, route, key, fingerprint, *token).await {
             Decision::Answer(response) => response,
             Decision::Failed(response) => {
                 execution.record(Outcome::Release).await;
@@ -153,7 +152,7 @@ impl Prepared {
             }
         };
         Ok(Box::new(Execution {
-            store: Arc::clone(config.store()),
+            config,
             settings,
             key,
             fingerprint,

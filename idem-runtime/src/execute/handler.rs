@@ -200,7 +200,7 @@ impl Execution {
                 return Stopped::MaxHold;
             }
             let renewal = claim(
-                &*self.store,
+                self.store(),
                 &self.settings,
                 "renew",
                 &self.key,

@@ -1,5 +1,7 @@
 //! The first phase: what a request brings before any of the handler's extractors run.
 
+use std::borrow::Cow;
+
 use axum::extract::MatchedPath;
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
@@ -12,9 +14,15 @@ use crate::metrics::Route;
 use crate::problem::{Problem, Renderer};
 use crate::store::StoreKey;
 
+/// The configuration in effect for a request: the process-wide one ([`Idempotency::global`]),
+/// borrowed, as it lives as long as the process, or a router's own `Extension(Idempotency)`,
+/// shared. Borrowed, the process-wide configuration's reference count is never written: every
+/// thread of a server would otherwise write that one cache line on every keyed request.
+pub(super) type Config = Cow<'static, Idempotency>;
+
 /// A request that takes part in idempotency, as far as it is known before the handler runs.
 pub(super) struct Prepared {
-    pub(super) config: Idempotency,
+    pub(super) config: Config,
     pub(super) settings: Settings,
     pub(super) key: StoreKey,
     pub(super) fingerprint: Fingerprinter,
@@ -29,7 +37,7 @@ pub(super) struct Prepared {
 /// A request that takes part in idempotency, as far as its key: the configuration in effect and
 /// the key in its scope. What [`Prepared::new`] makes the rest of the preparation from.
 pub(super) struct Keyed {
-    pub(super) config: Idempotency,
+    pub(super) config: Config,
     pub(super) key: StoreKey,
 }
 
@@ -39,10 +47,8 @@ pub(super) fn key(parts: &Parts, options: &HandlerOptions) -> Result<Option<Keye
     if !options.methods.contains(&parts.method) {
         return Ok(None);
     }
-    let config = parts
-        .extensions
-        .get::<Idempotency>()
-        .unwrap_or_else(|| Idempotency::global());
+    let local = parts.extensions.get::<Idempotency>();
+    let config = local.unwrap_or_else(|| Idempotency::global());
     // What the key needs first: a request without one takes no part, and needs no settings.
     let defaults = config.settings();
     let header = options.header.as_ref().unwrap_or(&defaults.header);
@@ -58,7 +64,10 @@ pub(super) fn key(parts: &Parts, options: &HandlerOptions) -> Result<Option<Keye
         None => config.scope_source().scope(parts),
     };
     Ok(Some(Keyed {
-        config: config.clone(),
+        config: match local {
+            Some(local) => Cow::Owned(local.clone()),
+            None => Cow::Borrowed(Idempotency::global()),
+        },
         key: StoreKey::new(scope, key),
     }))
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::time::{Instant, sleep};
 
 use super::claim::{timed, with_timeout};
+use super::prepare::Config;
 use super::transaction::Lent;
 use crate::config::Settings;
 use crate::fingerprint::{Fingerprint, RequestDigest};
@@ -17,7 +18,7 @@ use crate::store::{ClaimToken, Completed, Completion, IdempotencyStore, StoreErr
 ///
 /// It is always boxed, so that the futures that own it on its way stay small.
 pub(super) struct Execution {
-    pub(super) store: Arc<dyn IdempotencyStore>,
+    pub(super) config: Config,
     pub(super) settings: Settings,
     pub(super) key: StoreKey,
     pub(super) fingerprint: Fingerprint,
@@ -47,6 +48,11 @@ impl Outcome {
 }
 
 impl Execution {
+    /// The store the claim is held in.
+    pub(super) fn store(&self) -> &dyn IdempotencyStore {
+        &**self.config.store()
+    }
+
     /// Writes the outcome. If the store fails, the handler's answer still goes to the client at
     /// once, and the write is retried in the background until it lands or the claim's lease runs
     /// out: a transient fault must not leave the key in flight for a whole lease, after which a
@@ -111,7 +117,7 @@ impl Execution {
 
     /// The write, in place, if the store answers at once; `None` if it has to be awaited.
     fn write_here(&self, outcome: &Outcome) -> Option<Result<(), StoreError>> {
-        let now = self.store.immediate()?;
+        let now = self.store().immediate()?;
         let written = match outcome {
             Outcome::Complete(completed) => timed("complete", || {
                 now.complete_now(
@@ -133,7 +139,7 @@ impl Execution {
         }
         match outcome {
             Outcome::Complete(completed) => {
-                let complete = self.store.complete(
+                let complete = self.store().complete(
                     &self.key,
                     self.token,
                     Arc::clone(completed),
@@ -144,7 +150,7 @@ impl Execution {
                 Ok(())
             }
             Outcome::Release => {
-                let release = self.store.release(&self.key, self.token);
+                let release = self.store().release(&self.key, self.token);
                 with_timeout(&self.settings, "release", release).await
             }
         }
