@@ -37,7 +37,7 @@ impl StoredResponse {
         out.extend_from_slice(&self.status.as_u16().to_le_bytes());
         out.extend_from_slice(&(self.pairs().count() as u32).to_le_bytes());
         for (name, value) in self.pairs() {
-            for part in [name.as_bytes(), value] {
+            for part in [name.as_bytes(), value.as_bytes()] {
                 out.extend_from_slice(&(part.len() as u32).to_le_bytes());
                 out.extend_from_slice(part);
             }

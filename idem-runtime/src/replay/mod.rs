@@ -2,7 +2,9 @@
 //!
 //! [`capture`] reads the whole response the handler produced. The first caller receives it
 //! unchanged — every header, the full body. The record kept for retries ([`StoredResponse`]) holds
-//! the status, the headers minus those that must not be repeated, and the body byte for byte:
+//! the status, the headers minus those that must not be repeated, and the body byte for byte, with
+//! its length as `Content-Length` when the handler set none (the length axum would send with the
+//! replay anyway, kept so that the replay need not format it):
 //!
 //! - not kept: `Set-Cookie` (a session must not be handed out twice), `Date` (the replay gets its
 //!   own), the hop-by-hop headers `Connection`, `Keep-Alive`, `Proxy-Authenticate`,
@@ -43,8 +45,8 @@ use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
 use http::header::{
-    CONNECTION, DATE, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, SET_COOKIE, TE, TRAILER,
-    TRANSFER_ENCODING, UPGRADE,
+    CONNECTION, CONTENT_LENGTH, DATE, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, SET_COOKIE, TE,
+    TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
@@ -156,11 +158,23 @@ impl StoredResponse {
             .flat_map(|value| value.split(','))
             .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
             .collect();
+        // A kept body's length goes with it, as the `Content-Length` axum would add to the
+        // replay: read from the record's buffer, it costs the replay no formatting and no
+        // allocation. A length the handler set itself is kept as it is.
+        let mut digits = [0; 20];
+        let length = body
+            .filter(|body| {
+                !body.is_empty()
+                    && !headers.contains_key(CONTENT_LENGTH)
+                    && !named.contains(&CONTENT_LENGTH)
+            })
+            .map(|_| decimal(len, &mut digits));
         let kept = || {
             headers
                 .iter()
                 .filter(|(name, _)| is_replayable(name) && !named.contains(name))
                 .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
+                .chain(length.map(|length| (CONTENT_LENGTH.as_str().as_bytes(), length)))
         };
         Self::assemble(status, kept, body, len)
     }
@@ -254,27 +268,30 @@ impl StoredResponse {
                 name.to_header_name()
                     .is_some_and(|name| policy.replays(&name))
             })
-            .map(|(name, value)| (name.as_bytes(), value))
+            .map(|(name, value)| (name.as_bytes(), value.as_bytes()))
             .collect();
         let body = self.kept.then(|| self.tail());
         *self = Self::assemble(self.status, || kept.iter().copied(), body, self.body_len());
     }
 
     /// The name and value of every stored header, in order.
-    fn pairs(&self) -> impl Iterator<Item = (block::Name<'_>, &[u8])> + '_ {
+    fn pairs(&self) -> impl Iterator<Item = (block::Name<'_>, block::Value<'_>)> + '_ {
         block::headers(&self.data[..self.headers_len as usize])
     }
 
     /// A header map of the stored headers, with room for `spare` more. The values share the
-    /// record's buffer.
+    /// record's buffer, or are the block's constants.
     fn to_map(&self, spare: usize) -> HeaderMap {
         let mut map = HeaderMap::with_capacity(self.pairs().count() + spare);
         for (name, value) in self.pairs() {
+            let value = match value {
+                block::Value::Known(value) => Ok(value.clone()),
+                block::Value::Written(bytes) => {
+                    HeaderValue::from_maybe_shared(self.data.slice_ref(bytes))
+                }
+            };
             // Both were valid header parts when the record was written.
-            if let (Some(name), Ok(value)) = (
-                name.to_header_name(),
-                HeaderValue::from_maybe_shared(self.data.slice_ref(value)),
-            ) {
+            if let (Some(name), Ok(value)) = (name.to_header_name(), value) {
                 map.append(name, value);
             }
         }
@@ -294,14 +311,29 @@ impl StoredResponse {
             });
         }
         // Sized for the stored headers, the replay mark, and the `Content-Length` that axum adds
-        // to a body of known length, so that the map never grows.
-        let mut headers = self.to_map(2);
+        // to a body of known length when the record has none, so that the map never grows.
+        let has_length = self.pairs().any(|(name, _)| name.is(&CONTENT_LENGTH));
+        let mut headers = self.to_map(if has_length { 1 } else { 2 });
         headers.insert(REPLAYED, HeaderValue::from_static("true"));
         let body = self.data.slice(self.headers_len as usize..);
         let mut response = Response::new(Body::from(body));
         *response.status_mut() = self.status;
         *response.headers_mut() = headers;
         Ok(response)
+    }
+}
+
+/// `n` in decimal digits, written at the end of `digits`.
+fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        // A digit: `n % 10` is below 10.
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &digits[start..];
+        }
     }
 }
 
@@ -329,4 +361,69 @@ pub async fn capture(
     let kept = (bytes.len() <= max_body_bytes).then_some(&bytes[..]);
     let stored = StoredResponse::with_body(parts.status, &parts.headers, kept, bytes.len() as u64);
     Ok((Response::from_parts(parts, Body::from(bytes)), stored))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::response::IntoResponse as _;
+    use http::header::CONTENT_TYPE;
+
+    use super::*;
+
+    #[test]
+    fn decimal_writes_every_width() {
+        let mut digits = [0; 20];
+        assert_eq!(decimal(0, &mut digits), b"0");
+        assert_eq!(decimal(7, &mut digits), b"7");
+        assert_eq!(decimal(1_048_576, &mut digits), b"1048576");
+        assert_eq!(
+            decimal(u64::MAX, &mut digits),
+            u64::MAX.to_string().as_bytes()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_kept_body_is_stored_with_its_length() {
+        let answer = (
+            StatusCode::CREATED,
+            [(CONTENT_TYPE, "application/json")],
+            "{\"id\":1}",
+        );
+        let (first, stored) = capture(answer.into_response(), 1024).await.unwrap();
+        assert!(
+            first.headers().get(CONTENT_LENGTH).is_none(),
+            "the first answer is the handler's, unchanged"
+        );
+        assert_eq!(stored.headers()[CONTENT_LENGTH], "8");
+        assert_eq!(stored.headers()[CONTENT_TYPE], "application/json");
+        let replay = stored.replay().unwrap();
+        assert_eq!(replay.headers().get_all(CONTENT_LENGTH).iter().count(), 1);
+        assert_eq!(replay.headers()[CONTENT_LENGTH], "8");
+    }
+
+    #[tokio::test]
+    async fn a_length_the_handler_set_is_kept_alone() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("3"));
+        let stored = StoredResponse::new(StatusCode::OK, &headers, Bytes::from_static(b"abc"));
+        let kept = stored.headers();
+        assert_eq!(kept.get_all(CONTENT_LENGTH).iter().count(), 1);
+        assert_eq!(kept[CONTENT_LENGTH], "3");
+    }
+
+    #[test]
+    fn no_length_is_stored_for_an_empty_or_dropped_body() {
+        let empty = StoredResponse::new(StatusCode::NO_CONTENT, &HeaderMap::new(), Bytes::new());
+        assert!(empty.headers().is_empty());
+        let dropped = StoredResponse::without_body(StatusCode::OK, &HeaderMap::new(), 4096);
+        assert!(dropped.headers().is_empty());
+    }
+
+    #[test]
+    fn a_length_the_connection_header_names_is_not_added() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONNECTION, HeaderValue::from_static("content-length"));
+        let stored = StoredResponse::new(StatusCode::OK, &headers, Bytes::from_static(b"abc"));
+        assert!(stored.headers().is_empty());
+    }
 }
