@@ -160,11 +160,13 @@ impl StoredResponse {
             .collect();
         // A kept body's length goes with it, as the `Content-Length` axum would add to the
         // replay: read from the record's buffer, it costs the replay no formatting and no
-        // allocation. A length the handler set itself is kept as it is.
+        // allocation. A length the handler set itself is kept as it is, and none is added to an
+        // answer whose status may not carry one (RFC 9110 §8.6).
         let mut digits = [0; 20];
         let length = body
             .filter(|body| {
                 !body.is_empty()
+                    && carries_length(status)
                     && !headers.contains_key(CONTENT_LENGTH)
                     && !named.contains(&CONTENT_LENGTH)
             })
@@ -323,6 +325,14 @@ impl StoredResponse {
     }
 }
 
+/// Whether an answer of `status` may carry the length of its body: not an interim one, not `204 No
+/// Content`, and not `304 Not Modified`, whose length would be the length of another response.
+fn carries_length(status: StatusCode) -> bool {
+    !status.is_informational()
+        && status != StatusCode::NO_CONTENT
+        && status != StatusCode::NOT_MODIFIED
+}
+
 /// `n` in decimal digits, written at the end of `digits`.
 fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
     let mut start = digits.len();
@@ -417,6 +427,17 @@ mod tests {
         assert!(empty.headers().is_empty());
         let dropped = StoredResponse::without_body(StatusCode::OK, &HeaderMap::new(), 4096);
         assert!(dropped.headers().is_empty());
+    }
+
+    #[test]
+    fn no_length_is_stored_where_the_status_may_carry_none() {
+        for status in [100, 103, 204, 304] {
+            let status = StatusCode::from_u16(status).unwrap();
+            let stored = StoredResponse::new(status, &HeaderMap::new(), Bytes::from_static(b"x"));
+            assert!(stored.headers().is_empty(), "{status}");
+        }
+        let stored = StoredResponse::new(StatusCode::ACCEPTED, &HeaderMap::new(), "x".into());
+        assert_eq!(stored.headers()[CONTENT_LENGTH], "1");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use super::{Completed, StoreKey};
 /// cache's own entry (its hash-table bucket, the shared key, the access-order node), the entry's
 /// expiry, the `Arc` around the record and the allocator's rounding. Measured with a counting
 /// allocator by the `memory` bench of this crate, which prints the heap a small record holds
-/// (495–500 B) beside the weight it is charged (530 B); the margin covers the cache's table, so that
+/// (482–487 B) beside the weight it is charged (517 B); the margin covers the cache's table, so that
 /// the bound holds: a flood of unique keys ends at 0.96 of it.
 const ENTRY_OVERHEAD: usize = 320;
 
