@@ -157,7 +157,7 @@ impl Forgetting {
 
     /// The store that answers for `key`, and whether it forgets the key's completion.
     fn route(&self, key: &StoreKey) -> (&MemoryStore, bool) {
-        // The key's bytes, not its text: the text is checked again as it is made.
+        // The key's bytes: `as_str` would check once more that they are text.
         let name = key.key().as_bytes();
         if name.starts_with(VACANT.as_bytes()) {
             (&self.empty, true)

@@ -162,7 +162,7 @@ impl StoredResponse {
         // replay: read from the record's buffer, it costs the replay no formatting and no
         // allocation. A length the handler set itself is kept as it is, and none is added to an
         // answer whose status may not carry one (RFC 9110 §8.6).
-        let mut digits = [0; 20];
+        let mut digits = itoa::Buffer::new();
         let length = body
             .filter(|body| {
                 !body.is_empty()
@@ -170,7 +170,7 @@ impl StoredResponse {
                     && !headers.contains_key(CONTENT_LENGTH)
                     && !named.contains(&CONTENT_LENGTH)
             })
-            .map(|_| decimal(len, &mut digits));
+            .map(|_| digits.format(len).as_bytes());
         let kept = || {
             headers
                 .iter()
@@ -236,7 +236,7 @@ impl StoredResponse {
     /// The headers that are replayed, as a new header map.
     #[must_use]
     pub fn headers(&self) -> HeaderMap {
-        self.to_map(0)
+        self.to_map(self.pairs().count())
     }
 
     /// The body, or its length if it was not kept.
@@ -281,10 +281,10 @@ impl StoredResponse {
         block::headers(&self.data[..self.headers_len as usize])
     }
 
-    /// A header map of the stored headers, with room for `spare` more. The values share the
-    /// record's buffer, or are the block's constants.
-    fn to_map(&self, spare: usize) -> HeaderMap {
-        let mut map = HeaderMap::with_capacity(self.pairs().count() + spare);
+    /// A header map of the stored headers, with room for `capacity` headers in all. The values
+    /// share the record's buffer, or are the block's constants.
+    fn to_map(&self, capacity: usize) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(capacity);
         for (name, value) in self.pairs() {
             let value = match value {
                 block::Value::Known(value) => Ok(value.clone()),
@@ -314,8 +314,10 @@ impl StoredResponse {
         }
         // Sized for the stored headers, the replay mark, and the `Content-Length` that axum adds
         // to a body of known length when the record has none, so that the map never grows.
-        let has_length = self.pairs().any(|(name, _)| name.is(&CONTENT_LENGTH));
-        let mut headers = self.to_map(if has_length { 1 } else { 2 });
+        let (stored, has_length) = self.pairs().fold((0, false), |(n, has), (name, _)| {
+            (n + 1, has || name.is(&CONTENT_LENGTH))
+        });
+        let mut headers = self.to_map(stored + if has_length { 1 } else { 2 });
         headers.insert(REPLAYED, HeaderValue::from_static("true"));
         let body = self.data.slice(self.headers_len as usize..);
         let mut response = Response::new(Body::from(body));
@@ -331,20 +333,6 @@ fn carries_length(status: StatusCode) -> bool {
     !status.is_informational()
         && status != StatusCode::NO_CONTENT
         && status != StatusCode::NOT_MODIFIED
-}
-
-/// `n` in decimal digits, written at the end of `digits`.
-fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        // A digit: `n % 10` is below 10.
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &digits[start..];
-        }
-    }
 }
 
 /// A stored response whose body was not kept, so it cannot be replayed: what is known of it.
@@ -381,15 +369,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn decimal_writes_every_width() {
-        let mut digits = [0; 20];
-        assert_eq!(decimal(0, &mut digits), b"0");
-        assert_eq!(decimal(7, &mut digits), b"7");
-        assert_eq!(decimal(1_048_576, &mut digits), b"1048576");
-        assert_eq!(
-            decimal(u64::MAX, &mut digits),
-            u64::MAX.to_string().as_bytes()
-        );
+    fn the_stored_length_is_the_body_length_at_every_width() {
+        for len in [1, 7, 10, 999, 1_048_576] {
+            let body = Bytes::from(vec![b'x'; len]);
+            let stored = StoredResponse::new(StatusCode::OK, &HeaderMap::new(), body);
+            assert_eq!(stored.headers()[CONTENT_LENGTH], len.to_string().as_str());
+        }
     }
 
     #[tokio::test]
