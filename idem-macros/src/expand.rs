@@ -131,10 +131,13 @@ fn expand(handler: &Handler, args: &Args) -> TokenStream {
 
         #(#cfgs)*
         impl #private::HandlerConfig for #options_ty {
-            const OPTIONS: #private::HandlerOptions = #private::HandlerOptions {
-                #options
-                ..#private::HandlerOptions::DEFAULT
-            };
+            fn options() -> &'static #private::HandlerOptions {
+                static OPTIONS: #private::HandlerOptions = #private::HandlerOptions {
+                    #options
+                    ..#private::HandlerOptions::DEFAULT
+                };
+                &OPTIONS
+            }
             const OPERATION_ID: &'static str = #operation_id;
             const PATH: ::core::option::Option<&'static str> = #path;
             #exact_replay

@@ -45,7 +45,10 @@ const BODY: &str = r#"{"amount":1999,"currency":"eur","customer":"cus_4711"}"#;
 
 struct Defaults;
 impl HandlerConfig for Defaults {
-    const OPTIONS: HandlerOptions = HandlerOptions::DEFAULT;
+    fn options() -> &'static HandlerOptions {
+        static DEFAULTS: HandlerOptions = HandlerOptions::DEFAULT;
+        &DEFAULTS
+    }
 }
 
 async fn charge(Json(body): Json<serde_json::Value>) -> Response {

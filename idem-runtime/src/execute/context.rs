@@ -16,8 +16,10 @@ use crate::fingerprint::{FingerprintInput, RequestDigest};
 /// The options of one idempotent handler, as a type: `#[idempotent]` declares one per handler so
 /// that [`Arguments`](super::Arguments) knows them while it is extracted.
 pub trait HandlerConfig: Send + Sync + 'static {
-    /// The handler's settings.
-    const OPTIONS: HandlerOptions;
+    /// The handler's settings, in a `static` the expansion declares. A reference to a `static`,
+    /// not a constant: a constant of a type with drop glue (a header name, a renderer) would be
+    /// built afresh on the stack, copied and dropped, every time a request reads it.
+    fn options() -> &'static HandlerOptions;
     /// The `operationId` of the handler's OpenAPI operation: the `operation_id` of a
     /// `#[utoipa::path]` below the attribute, or else the function's name.
     const OPERATION_ID: &'static str = "";
@@ -95,8 +97,8 @@ impl<O: HandlerConfig> Context<O> {
     /// The context of a request whose key is read (`keyed`), prepared in full: made before any
     /// of the handler's extractors runs, as the transaction's slot must be in `parts` by then.
     pub(super) fn prepare(parts: &mut Parts, keyed: Option<Keyed>) -> Self {
-        let transaction = Offer::make(parts, &O::OPTIONS, keyed.as_ref().map(|keyed| &keyed.key));
-        let prepared = keyed.map(|keyed| Prepared::new(keyed, parts, &O::OPTIONS));
+        let transaction = Offer::make(parts, O::options(), keyed.as_ref().map(|keyed| &keyed.key));
+        let prepared = keyed.map(|keyed| Prepared::new(keyed, parts, O::options()));
         Self {
             prepared,
             transaction,

@@ -78,7 +78,7 @@ where
         // Futures made here rather than one `async fn`, so that the extractors' futures are not
         // held beside the request they consume.
         let (mut parts, body) = request.into_parts();
-        match prepare::key(&parts, &O::OPTIONS) {
+        match prepare::key(&parts, O::options()) {
             Err(rejection) => Either::Left(ready(Err(rejection.into_response()))),
             Ok(Some(keyed)) if O::exact_replay() => {
                 Either::Right(Either::Left(read_first::<S, T, O>(
@@ -107,7 +107,7 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
         // No body to read first: the request is prepared at once.
-        let keyed = prepare::key(parts, &O::OPTIONS).map_err(IntoResponse::into_response)?;
+        let keyed = prepare::key(parts, O::options()).map_err(IntoResponse::into_response)?;
         let context = Context::prepare(parts, keyed);
         match T::from_request_parts(parts, state).await {
             Ok(arguments) => Ok(Self { context, arguments }),
@@ -146,8 +146,10 @@ where
 /// [`Arguments`] whose body is read into memory and looked up before `T` is extracted from it:
 /// the replay of a byte-identical retry of a completed request (`Err`), or else `T`, extracted.
 ///
-/// Two futures one after the other (`then`), so that the reading's state and `T`'s future share
-/// their room instead of sitting side by side in one `async fn`.
+/// One block, which captures the request's parts, its limited body and its key: the digest and
+/// the replay are made from them where they lie, by reference, so a byte-identical retry moves
+/// none of them, and no combinator moves the outcome of the reading into a second future. `T`'s
+/// future is boxed ([`extract`]), so it takes a pointer of this one's room.
 #[allow(
     clippy::result_large_err,
     reason = "the error is the request's answer, moved once; boxing it would cost an allocation"
@@ -163,94 +165,58 @@ where
     T: FromRequest<S> + Send + 'static,
     O: HandlerConfig,
 {
-    look_up::<O>(parts, body, keyed).then(move |looked| match looked {
-        Err(replay) => Either::Left(ready(Err(replay))),
-        Ok(Unseen {
-            mut parts,
-            body,
-            keyed,
-            digest,
-        }) => {
-            let mut context = Context::prepare(&mut parts, Some(keyed));
-            context.keep_digest(digest);
-            Either::Right(extract(context, Request::from_parts(parts, body), state))
-        }
-    })
-}
-
-/// A request that is not a byte-identical retry of a completed one: its parts, its body in memory
-/// (or the failure to read it), its key and its digest (if the body could be read).
-struct Unseen {
-    parts: Parts,
-    body: Body,
-    keyed: Keyed,
-    digest: Option<RequestDigest>,
-}
-
-/// Reads the body into memory and looks its request up: the replay of a byte-identical retry of
-/// a completed request (`Err`), or else the request, [`Unseen`].
-fn look_up<O: HandlerConfig>(
-    parts: Parts,
-    body: Body,
-    keyed: Keyed,
-) -> impl Future<Output = Result<Unseen, Response>> + Send {
     // The limit is applied here, and the rest is a block that captures what it needs, rather than
     // one `async fn`: a function's arguments would be kept beside the locals made from them.
-    let (parts, body) = Request::from_parts(parts, body)
+    let (mut parts, body) = Request::from_parts(parts, body)
         .with_limited_body()
         .into_parts();
     async move {
-        let body = match crate::collect::to_bytes(body).await {
-            Ok(body) => body,
-            // The extractor reads the failure in place of the body, and rejects it as its own.
-            Err(error) => {
-                return Ok(Unseen {
-                    parts,
-                    body: Body::new(Failed(Some(innermost(error)))),
-                    keyed,
-                    digest: None,
-                });
+        let (body, digest) = match crate::collect::to_bytes(body).await {
+            Ok(body) => {
+                let digest = digest(&parts, &body);
+                if let Some(replay) = replay_exact::<O>(&parts, &keyed, &digest) {
+                    return Err(replay);
+                }
+                (Body::from(body), Some(digest))
             }
+            // The extractor reads the failure in place of the body, and rejects it as its own.
+            Err(error) => (Body::new(Failed(Some(innermost(error)))), None),
         };
-        check_digest::<O>(parts, body, keyed)
+        let mut context = Context::prepare(&mut parts, Some(keyed));
+        context.keep_digest(digest);
+        extract(context, Request::from_parts(parts, body), state).await
     }
 }
 
-/// The request of [`look_up`], its body read: the replay of a byte-identical retry of a completed
-/// request (`Err`), or else the request, [`Unseen`].
-#[allow(
-    clippy::result_large_err,
-    reason = "the error is the request's answer, moved once; boxing it would cost an allocation"
-)]
-fn check_digest<O: HandlerConfig>(
-    parts: Parts,
-    body: Bytes,
-    keyed: Keyed,
-) -> Result<Unseen, Response> {
-    let (method, route, path, query) = request_line(&parts);
+/// The digest of the request of `parts`, whose body is `body`.
+fn digest(parts: &Parts, body: &[u8]) -> RequestDigest {
+    let (method, route, path, query) = request_line(parts);
     let content_type = parts
         .headers
         .get(http::header::CONTENT_TYPE)
         .map(http::HeaderValue::as_bytes);
-    let digest = RequestDigest::new(method, route, path, query, content_type, &body);
-    let Keyed { config, key } = &keyed;
-    if let Some(completed) = config.store().peek(key)
-        && completed.request_digest == Some(digest)
-    {
-        tracing::debug!(target: "idem", outcome = "replayed", exact = true, key = %key.key(), status = completed.response.status().as_u16(), "replaying stored response to a byte-identical retry");
-        Route::of(&parts).outcome("replayed");
-        let errors = match O::OPTIONS.errors {
-            Some(errors) => errors,
-            None => config.settings().errors.clone(),
-        };
-        return Err(replay(&errors, &completed));
+    RequestDigest::new(method, route, path, query, content_type, body)
+}
+
+/// The replay of the completed request of `keyed`, if the request of `parts` repeats it byte for
+/// byte (its digest is `digest`).
+fn replay_exact<O: HandlerConfig>(
+    parts: &Parts,
+    keyed: &Keyed,
+    digest: &RequestDigest,
+) -> Option<Response> {
+    let Keyed { config, key } = keyed;
+    let completed = config.store().peek(key)?;
+    if completed.request_digest.as_ref() != Some(digest) {
+        return None;
     }
-    Ok(Unseen {
-        parts,
-        body: Body::from(body),
-        keyed,
-        digest: Some(digest),
-    })
+    tracing::debug!(target: "idem", outcome = "replayed", exact = true, key = %key.key(), status = completed.response.status().as_u16(), "replaying stored response to a byte-identical retry");
+    Route::of(parts).outcome("replayed");
+    let errors = O::options()
+        .errors
+        .as_ref()
+        .unwrap_or(&config.settings().errors);
+    Some(replay(errors, &completed))
 }
 
 /// The error inside the layers of `axum::Error` that bodies wrap around it, so that an extractor

@@ -182,7 +182,7 @@ impl Idempotent {
         self.handlers.push(Documented {
             operation_id: <H::Options as HandlerConfig>::OPERATION_ID,
             path: <H::Options as HandlerConfig>::PATH,
-            options: <H::Options as HandlerConfig>::OPTIONS,
+            options: <H::Options as HandlerConfig>::options().clone(),
         });
         self
     }
