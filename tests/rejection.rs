@@ -56,3 +56,67 @@ async fn an_extractor_rejection_is_not_stored() {
     assert!(!fixed.is_replay());
     assert_eq!(probe.runs(), 1);
 }
+
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+struct Page {
+    page: u32,
+}
+
+/// A handler of four arguments: three extracted from the request's parts, the body last.
+#[idem::idempotent(post)]
+async fn create_paged_order(
+    axum::extract::State(probe): axum::extract::State<Probe>,
+    axum::extract::Path(_id): axum::extract::Path<u32>,
+    axum::extract::Query(_page): axum::extract::Query<Page>,
+    axum::Json(order): axum::Json<support::Order>,
+) -> axum::response::Response {
+    support::order_response(&probe, order).await
+}
+
+fn paged(uri: &'static str, content_type: &'static str) -> Request<Body> {
+    Request::post(uri)
+        .header("content-type", content_type)
+        .header("idempotency-key", "fix-me-too")
+        .body(Body::from(r#"{"amount": 1}"#))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_first_extractor_that_rejects_answers_and_nothing_is_stored() {
+    let probe = Probe::default();
+    let router = axum::Router::new().route("/orders/{id}", axum::routing::post(create_paged_order));
+    let app = app(router, &probe);
+    // Path, query and content type all wrong: the path's extractor answers, the first of them.
+    let path = send(&app, paged("/orders/abc?page=x", "text/plain")).await;
+    assert_eq!(path.status, 400);
+    assert!(
+        path.text().contains("abc"),
+        "the path's rejection: {}",
+        path.text()
+    );
+    // The path fixed: the query's extractor answers, before the body's.
+    let query = send(&app, paged("/orders/7?page=x", "text/plain")).await;
+    assert_eq!(query.status, 400);
+    assert!(
+        query.text().contains("query"),
+        "the query's rejection: {}",
+        query.text()
+    );
+    // Only the body's content type left wrong: its extractor answers.
+    assert_eq!(
+        send(&app, paged("/orders/7?page=1", "text/plain"))
+            .await
+            .status,
+        415
+    );
+    assert_eq!(probe.runs(), 0);
+
+    // Everything fixed, under the same key: it runs once, and its retry is replayed.
+    let fixed = send(&app, paged("/orders/7?page=1", "application/json")).await;
+    assert_eq!(fixed.status, 201);
+    assert!(!fixed.is_replay());
+    let retry = send(&app, paged("/orders/7?page=1", "application/json")).await;
+    assert_eq!(retry.status, 201);
+    assert!(retry.is_replay());
+    assert_eq!(probe.runs(), 1);
+}

@@ -53,7 +53,8 @@ pub mod __private {
     pub use crate::config::handler::{HandlerOptions, Methods};
     pub use crate::config::{ConflictPolicy, KeepPolicy};
     pub use crate::execute::{
-        Arguments, Context, HandlerConfig, InputProbe, KeyRejection, ProbeInput, ProbeOther,
+        Arguments, Context, Extractors, HandlerConfig, InputProbe, KeyRejection, ProbeInput,
+        ProbeOther,
     };
     pub use crate::fingerprint::FingerprintInput;
     pub use crate::problem::Renderer;

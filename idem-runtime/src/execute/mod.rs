@@ -48,5 +48,5 @@ mod record;
 mod transaction;
 
 pub use self::context::{Context, HandlerConfig, InputProbe, ProbeInput, ProbeOther};
-pub use self::extract::Arguments;
+pub use self::extract::{Arguments, Extractors};
 pub use self::prepare::KeyRejection;
