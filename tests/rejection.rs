@@ -11,12 +11,22 @@ use axum::http::Request;
 use serde_json::json;
 use support::{Probe, app, orders, post_json, send};
 
-fn raw(body: &'static str, content_type: &'static str) -> Request<Body> {
-    Request::post("/orders")
+/// A `POST` of `body` to `uri` as `content_type`, under `key`.
+fn post_as(
+    uri: &'static str,
+    key: &'static str,
+    body: &'static str,
+    content_type: &'static str,
+) -> Request<Body> {
+    Request::post(uri)
         .header("content-type", content_type)
-        .header("idempotency-key", "fix-me")
+        .header("idempotency-key", key)
         .body(Body::from(body))
         .unwrap()
+}
+
+fn raw(body: &'static str, content_type: &'static str) -> Request<Body> {
+    post_as("/orders", "fix-me", body, content_type)
 }
 
 #[tokio::test]
@@ -74,11 +84,7 @@ async fn create_paged_order(
 }
 
 fn paged(uri: &'static str, content_type: &'static str) -> Request<Body> {
-    Request::post(uri)
-        .header("content-type", content_type)
-        .header("idempotency-key", "fix-me-too")
-        .body(Body::from(r#"{"amount": 1}"#))
-        .unwrap()
+    post_as(uri, "fix-me-too", r#"{"amount": 1}"#, content_type)
 }
 
 #[tokio::test]

@@ -171,7 +171,7 @@ where
     async move {
         let (body, digest) = match crate::collect::to_bytes(body).await {
             Ok(body) => {
-                let digest = digest(&parts, &body);
+                let digest = request_digest(&parts, &body);
                 if let Some(replay) = replay_exact::<O>(&parts, &keyed, &digest) {
                     return Err(replay);
                 }
@@ -187,7 +187,7 @@ where
 }
 
 /// The digest of the request of `parts`, whose body is `body`.
-fn digest(parts: &Parts, body: &[u8]) -> RequestDigest {
+fn request_digest(parts: &Parts, body: &[u8]) -> RequestDigest {
     let (method, route, path, query) = request_line(parts);
     let content_type = parts
         .headers
