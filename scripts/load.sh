@@ -34,7 +34,9 @@
 #
 # Needs wrk and taskset. The server is pinned to CPU 0 (SERVER_CPU) and the single wrk thread to
 # CPU 1 (CLIENT_CPU). The modes run interleaved, round after round, so that a noisy neighbour slows
-# all of them alike; each figure is the median over the rounds. Server CPU time is the change of
+# all of them alike; each figure is the median over the rounds, and each ratio the median of the
+# rounds' ratios to the plain run of the same round, so that a drift between rounds cancels out
+# of the ratios. Server CPU time is the change of
 # utime + stime in /proc/<pid>/stat over a run, divided by the requests it served: with one load
 # thread the plain server waits on its client, so requests per second alone understate the cost.
 set -euo pipefail
@@ -92,6 +94,8 @@ cpu_ticks() {
 
 clock_hz=$(getconf CLK_TCK)
 declare -A rps p99 cpu
+# Each round's figures, by "mode round": the ratios are taken within a round.
+declare -A round_r round_p round_c
 for round in $(seq "$ROUNDS"); do
     for mode in "${MODES[@]}"; do
         run="$$-$round-$mode"
@@ -117,6 +121,9 @@ for round in $(seq "$ROUNDS"); do
         rps[$mode]+="$r "
         p99[$mode]+="$p "
         cpu[$mode]+="$c "
+        round_r["$mode $round"]=$r
+        round_p["$mode $round"]=$p
+        round_c["$mode $round"]=$c
         printf 'round %d %-10s %10s req/s  p99 %8s µs  server CPU %6s µs/req\n' "$round" "$mode" "$r" "$p" "$c" >&2
     done
 done
@@ -126,17 +133,26 @@ median() {
 }
 
 echo
-echo "POST /*/charges over loopback, wrk -t1 -c$CONNECTIONS -d$DURATION, median of $ROUNDS rounds"
+# The median over the rounds of a mode's figure (from round_r, round_p or round_c) divided by
+# plain's of the same round.
+ratio() {
+    local -n figures=$1
+    for round in $(seq "$ROUNDS"); do
+        awk -v a="${figures["$2 $round"]}" -v b="${figures["plain $round"]}" 'BEGIN { print a / b }'
+    done | median
+}
+
+echo "POST /*/charges over loopback, wrk -t1 -c$CONNECTIONS -d$DURATION, median of $ROUNDS rounds;"
+echo "each ratio is the median of the rounds' ratios to plain's run in the same round"
 printf '%-10s %12s %8s %10s %8s %14s %8s\n' mode 'req/s' ratio 'p99 µs' ratio 'CPU µs/req' ratio
-base_r=$(median <<<"${rps[plain]}")
-base_p=$(median <<<"${p99[plain]}")
 base_c=$(median <<<"${cpu[plain]}")
 for mode in "${MODES[@]}"; do
     r=$(median <<<"${rps[$mode]}")
     p=$(median <<<"${p99[$mode]}")
     c=$(median <<<"${cpu[$mode]}")
-    awk -v m="$mode" -v r="$r" -v br="$base_r" -v p="$p" -v bp="$base_p" -v c="$c" -v bc="$base_c" \
-        'BEGIN { printf "%-10s %12.0f %7.2fx %10.0f %7.2fx %14.2f %7.2fx\n", m, r, r / br, p, p / bp, c, c / bc }'
+    awk -v m="$mode" -v r="$r" -v rr="$(ratio round_r "$mode")" -v p="$p" -v pr="$(ratio round_p "$mode")" \
+        -v c="$c" -v cr="$(ratio round_c "$mode")" \
+        'BEGIN { printf "%-10s %12.0f %7.2fx %10.0f %7.2fx %14.2f %7.2fx\n", m, r, rr, p, pr, c, cr }'
 done
 
 # The split, from the medians: what a first execution adds to a plain request's server CPU.

@@ -143,7 +143,8 @@ fn router(probe: &Probe) -> Router {
             .route(
                 "/uploads",
                 post(raw_upload).layer(DefaultBodyLimit::max(16)),
-            ),
+            )
+            .route("/big-uploads", post(raw_upload)),
         probe,
     )
 }
@@ -331,6 +332,153 @@ async fn a_body_over_the_limit_gets_the_extractors_own_rejection() {
     // Nothing was stored: the fixed request runs.
     let fixed = send(&app, post_request("/uploads", Some("exact-6"), "small")).await;
     assert_eq!(fixed.status, StatusCode::CREATED);
+    assert_eq!(probe.runs(), 1);
+}
+
+#[tokio::test]
+async fn a_body_of_unknown_length_over_the_limit_gets_the_extractors_own_rejection() {
+    let probe = Probe::default();
+    let app = router(&probe);
+    // A stream declares no length, so it is read under the route's limit.
+    let stream = || {
+        Body::from_stream(futures_util::stream::iter([Ok::<_, std::io::Error>(
+            Bytes::from(vec![b'x'; 100]),
+        )]))
+    };
+
+    let keyed = send(&app, post_body("/uploads", Some("exact-10"), stream())).await;
+    let plain = send(&app, post_body("/uploads", None, stream())).await;
+    assert_eq!(keyed.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!((keyed.status, &keyed.body), (plain.status, &plain.body));
+    assert_eq!(probe.runs(), 0);
+
+    let fixed = send(&app, post_request("/uploads", Some("exact-10"), "small")).await;
+    assert_eq!(fixed.status, StatusCode::CREATED);
+    assert!(
+        !fixed.is_replay(),
+        "nothing was stored for the refused body"
+    );
+    assert_eq!(probe.runs(), 1);
+}
+
+#[tokio::test]
+async fn a_body_longer_than_is_read_whole_is_read_under_the_limit_and_replayed() {
+    let probe = Probe::default();
+    let app = router(&probe);
+    let long = || Body::from(vec![b'y'; 70 * 1024]);
+
+    let first = send(&app, post_body("/big-uploads", Some("exact-11"), long())).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(first.body, format!("{} bytes", 70 * 1024));
+    let retry = send(&app, post_body("/big-uploads", Some("exact-11"), long())).await;
+    assert!(retry.is_replay());
+    assert_eq!(retry.body, first.body);
+    assert_eq!(probe.runs(), 1);
+
+    // The same body where the limit is 16 bytes: the extractor's own refusal.
+    let keyed = send(&app, post_body("/uploads", Some("exact-12"), long())).await;
+    let plain = send(&app, post_body("/uploads", None, long())).await;
+    assert_eq!(keyed.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!((keyed.status, &keyed.body), (plain.status, &plain.body));
+    assert_eq!(probe.runs(), 1);
+}
+
+/// A body that declares one exact length and yields `data`, whatever its length: a broken body,
+/// which hyper never makes (it holds a body to its `Content-Length`).
+struct Overrun {
+    declared: u64,
+    data: Option<Bytes>,
+}
+
+impl axum::body::HttpBody for Overrun {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(
+            self.get_mut()
+                .data
+                .take()
+                .map(|data| Ok(http_body::Frame::data(data))),
+        )
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.declared)
+    }
+}
+
+fn overrun(declared: u64, len: usize) -> Body {
+    Body::new(Overrun {
+        declared,
+        data: Some(Bytes::from(vec![b'z'; len])),
+    })
+}
+
+#[tokio::test]
+async fn a_body_that_yields_more_than_it_declares_is_read_as_its_extractor_reads_it() {
+    let probe = Probe::default();
+    let app = router(&probe);
+
+    // Within the limit: the same answer with a key and without, and the retry is replayed.
+    let keyed = send(
+        &app,
+        post_body("/uploads", Some("exact-13"), overrun(3, 10)),
+    )
+    .await;
+    let plain = send(&app, post_body("/uploads", None, overrun(3, 10))).await;
+    assert_eq!(keyed.status, StatusCode::CREATED);
+    assert_eq!((keyed.status, &keyed.body), (plain.status, &plain.body));
+    let retry = send(
+        &app,
+        post_body("/uploads", Some("exact-13"), overrun(3, 10)),
+    )
+    .await;
+    assert!(retry.is_replay());
+    assert_eq!(
+        probe.runs(),
+        2,
+        "the keyed request once, the keyless one once"
+    );
+
+    // Over the limit: the extractor's refusal, with a key and without.
+    let keyed = send(
+        &app,
+        post_body("/uploads", Some("exact-14"), overrun(3, 100)),
+    )
+    .await;
+    let plain = send(&app, post_body("/uploads", None, overrun(3, 100))).await;
+    assert_eq!(keyed.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!((keyed.status, &keyed.body), (plain.status, &plain.body));
+    assert_eq!(probe.runs(), 2);
+}
+
+#[tokio::test]
+async fn a_body_that_yields_far_more_than_it_declares_is_stopped_at_64_kib() {
+    let probe = Probe::default();
+    let app = router(&probe);
+
+    // Read whole for its declared 3 bytes, it is held to 64 KiB: past that, the length limit's
+    // refusal, though the route would take 2 MiB. Nothing runs, nothing is stored.
+    let keyed = send(
+        &app,
+        post_body("/big-uploads", Some("exact-15"), overrun(3, 64 * 1024 + 1)),
+    )
+    .await;
+    assert_eq!(keyed.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(!keyed.is_replay());
+    assert_eq!(probe.runs(), 0);
+
+    // At 64 KiB it is read, and runs.
+    let at_most = send(
+        &app,
+        post_body("/big-uploads", Some("exact-15"), overrun(3, 64 * 1024)),
+    )
+    .await;
+    assert_eq!(at_most.status, StatusCode::CREATED);
     assert_eq!(probe.runs(), 1);
 }
 

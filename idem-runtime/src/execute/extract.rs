@@ -31,9 +31,11 @@ use crate::metrics::Route;
 /// - for a request with a key, to a handler whose every input is determined by the request's bytes
 ///   ([`HandlerConfig::exact_replay`]), the body is read into memory and the request's digest
 ///   looked up, and a byte-identical retry of a completed request is answered with the replay (the
-///   rejection, `Err`) without `T` being extracted at all. The body is read under the same limit
-///   `T`'s extractors would apply (axum's [`DefaultBodyLimit`](axum::extract::DefaultBodyLimit));
-///   if reading fails, they are handed the failure and answer with their own rejection;
+///   rejection, `Err`) without `T` being extracted at all. A body that declares a length of up
+///   to 64 KiB is read whole; any other is read under the same limit `T`'s extractors would
+///   apply (axum's [`DefaultBodyLimit`](axum::extract::DefaultBodyLimit)), which they apply again
+///   to what was read. If reading fails, they are handed the failure and answer with their own
+///   rejection;
 /// - otherwise `T` is extracted as the handler's arguments would have been, each rejection the
 ///   extractor's own.
 ///
@@ -141,10 +143,22 @@ where
         .map(move |extracted| extracted.map(|arguments| Arguments { context, arguments }))
 }
 
+/// The longest body, by its declared length, that [`read_first`] reads whole, without axum's
+/// [`DefaultBodyLimit`](axum::extract::DefaultBodyLimit).
+///
+/// axum keeps a route's limit to itself: the only way to apply it is to box the body anew in a
+/// limited one, an allocation and a layer of polling on every request. A body that declares its
+/// length (a `Content-Length`, which hyper holds it to) costs no more than that length to read,
+/// so one up to this size is read whole, and held to this size should it yield more than it
+/// declared. The limit is not lost: the handler's extractors read the bytes again under it, and
+/// a body over it gets their own `413` as before. A body of unknown length, or a longer one, is
+/// read under the limit.
+const READ_WHOLE: usize = 64 * 1024;
+
 /// [`Arguments`] whose body is read into memory and looked up before `T` is extracted from it:
 /// the replay of a byte-identical retry of a completed request (`Err`), or else `T`, extracted.
 ///
-/// One block, which captures the request's parts, its limited body and its key: the digest and
+/// One block, which captures the request's parts, its body's reading and its key: the digest and
 /// the replay are made from them where they lie, by reference, so a byte-identical retry moves
 /// none of them, and no combinator moves the outcome of the reading into a second future. `T`'s
 /// future is boxed ([`extract`]), so it takes a pointer of this one's room.
@@ -163,13 +177,24 @@ where
     T: Extractors<S> + Send + 'static,
     O: HandlerConfig,
 {
-    // The limit is applied here, and the rest is a block that captures what it needs, rather than
-    // one `async fn`: a function's arguments would be kept beside the locals made from them.
-    let (mut parts, body) = Request::from_parts(parts, body)
-        .with_limited_body()
-        .into_parts();
+    // The reading is chosen here, and the rest is a block that captures what it needs, rather
+    // than one `async fn`: a function's arguments would be kept beside the locals made from them.
+    let declared = http_body::Body::size_hint(&body).exact();
+    let (mut parts, read) = match declared {
+        Some(len) if len <= READ_WHOLE as u64 => {
+            let read = crate::collect::to_bytes(http_body_util::Limited::new(body, READ_WHOLE));
+            (parts, Either::Left(read))
+        }
+        _ => {
+            let (parts, body) = Request::from_parts(parts, body)
+                .with_limited_body()
+                .into_parts();
+            let read = crate::collect::to_bytes(body).map_err(axum::BoxError::from);
+            (parts, Either::Right(read))
+        }
+    };
     async move {
-        let (body, digest) = match crate::collect::to_bytes(body).await {
+        let (body, digest) = match read.await {
             Ok(body) => {
                 let digest = request_digest(&parts, &body);
                 if let Some(replay) = replay_exact::<O>(&parts, &keyed, &digest) {
@@ -309,11 +334,10 @@ extractors!(T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11, T12, T13, T14, T15; T1
 
 /// The error inside the layers of `axum::Error` that bodies wrap around it, so that an extractor
 /// reading it again (and wrapping it again) still recognises a length limit.
-fn innermost(error: axum::Error) -> axum::BoxError {
-    let mut inner = error.into_inner();
+fn innermost(mut error: axum::BoxError) -> axum::BoxError {
     loop {
-        match inner.downcast::<axum::Error>() {
-            Ok(wrapped) => inner = wrapped.into_inner(),
+        match error.downcast::<axum::Error>() {
+            Ok(wrapped) => error = wrapped.into_inner(),
             Err(other) => return other,
         }
     }
