@@ -177,23 +177,22 @@ where
     T: Extractors<S> + Send + 'static,
     O: HandlerConfig,
 {
-    // The reading is chosen here, and the rest is a block that captures what it needs, rather
-    // than one `async fn`: a function's arguments would be kept beside the locals made from them.
+    // The body is chosen here, and the rest is a block that captures what it needs, rather than
+    // one `async fn`: a function's arguments would be kept beside the locals made from them. Both
+    // bodies are read the same way, so that the block keeps room for one reading: a body read
+    // whole is held to `READ_WHOLE`, and one read under axum's limit has a limit already.
     let declared = http_body::Body::size_hint(&body).exact();
-    let (mut parts, read) = match declared {
-        Some(len) if len <= READ_WHOLE as u64 => {
-            let read = crate::collect::to_bytes(http_body_util::Limited::new(body, READ_WHOLE));
-            (parts, Either::Left(read))
-        }
+    let (mut parts, body, most) = match declared {
+        Some(len) if len <= READ_WHOLE as u64 => (parts, body, READ_WHOLE),
         _ => {
             let (parts, body) = Request::from_parts(parts, body)
                 .with_limited_body()
                 .into_parts();
-            let read = crate::collect::to_bytes(body).map_err(axum::BoxError::from);
-            (parts, Either::Right(read))
+            (parts, body, usize::MAX)
         }
     };
     async move {
+        let read = crate::collect::to_bytes(http_body_util::Limited::new(body, most));
         let (body, digest) = match read.await {
             Ok(body) => {
                 let digest = request_digest(&parts, &body);
