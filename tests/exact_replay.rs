@@ -303,9 +303,9 @@ async fn the_content_type_is_part_of_the_exact_request() {
     assert_eq!(probe.runs(), 1);
 }
 
-/// What a request to `/uploads` gets, with and without a key.
-async fn both_ways(app: &Router, body: impl Fn() -> Body) -> (Answer, Answer) {
-    let keyed = send(app, post_body("/uploads", Some("exact-6"), body())).await;
+/// What a request to `/uploads` gets, under `key` and without a key.
+async fn both_ways(app: &Router, key: &str, body: impl Fn() -> Body) -> (Answer, Answer) {
+    let keyed = send(app, post_body("/uploads", Some(key), body())).await;
     let plain = send(app, post_body("/uploads", None, body())).await;
     (keyed, plain)
 }
@@ -324,7 +324,7 @@ async fn a_body_over_the_limit_gets_the_extractors_own_rejection() {
     let probe = Probe::default();
     let app = router(&probe);
 
-    let (keyed, plain) = both_ways(&app, || Body::from(vec![b'x'; 100])).await;
+    let (keyed, plain) = both_ways(&app, "exact-6", || Body::from(vec![b'x'; 100])).await;
     assert_eq!(keyed.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!((keyed.status, &keyed.body), (plain.status, &plain.body));
     assert_eq!(probe.runs(), 0);
@@ -346,8 +346,7 @@ async fn a_body_of_unknown_length_over_the_limit_gets_the_extractors_own_rejecti
         )]))
     };
 
-    let keyed = send(&app, post_body("/uploads", Some("exact-10"), stream())).await;
-    let plain = send(&app, post_body("/uploads", None, stream())).await;
+    let (keyed, plain) = both_ways(&app, "exact-10", stream).await;
     assert_eq!(keyed.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!((keyed.status, &keyed.body), (plain.status, &plain.body));
     assert_eq!(probe.runs(), 0);
@@ -376,8 +375,7 @@ async fn a_body_longer_than_is_read_whole_is_read_under_the_limit_and_replayed()
     assert_eq!(probe.runs(), 1);
 
     // The same body where the limit is 16 bytes: the extractor's own refusal.
-    let keyed = send(&app, post_body("/uploads", Some("exact-12"), long())).await;
-    let plain = send(&app, post_body("/uploads", None, long())).await;
+    let (keyed, plain) = both_ways(&app, "exact-12", long).await;
     assert_eq!(keyed.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!((keyed.status, &keyed.body), (plain.status, &plain.body));
     assert_eq!(probe.runs(), 1);
@@ -424,12 +422,7 @@ async fn a_body_that_yields_more_than_it_declares_is_read_as_its_extractor_reads
     let app = router(&probe);
 
     // Within the limit: the same answer with a key and without, and the retry is replayed.
-    let keyed = send(
-        &app,
-        post_body("/uploads", Some("exact-13"), overrun(3, 10)),
-    )
-    .await;
-    let plain = send(&app, post_body("/uploads", None, overrun(3, 10))).await;
+    let (keyed, plain) = both_ways(&app, "exact-13", || overrun(3, 10)).await;
     assert_eq!(keyed.status, StatusCode::CREATED);
     assert_eq!((keyed.status, &keyed.body), (plain.status, &plain.body));
     let retry = send(
@@ -445,12 +438,7 @@ async fn a_body_that_yields_more_than_it_declares_is_read_as_its_extractor_reads
     );
 
     // Over the limit: the extractor's refusal, with a key and without.
-    let keyed = send(
-        &app,
-        post_body("/uploads", Some("exact-14"), overrun(3, 100)),
-    )
-    .await;
-    let plain = send(&app, post_body("/uploads", None, overrun(3, 100))).await;
+    let (keyed, plain) = both_ways(&app, "exact-14", || overrun(3, 100)).await;
     assert_eq!(keyed.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!((keyed.status, &keyed.body), (plain.status, &plain.body));
     assert_eq!(probe.runs(), 2);
@@ -493,7 +481,7 @@ async fn a_body_that_fails_midway_gets_the_extractors_own_rejection() {
         ]))
     };
 
-    let (keyed, plain) = both_ways(&app, broken).await;
+    let (keyed, plain) = both_ways(&app, "exact-6", broken).await;
     assert_eq!(keyed.status, StatusCode::BAD_REQUEST);
     assert_eq!((keyed.status, &keyed.body), (plain.status, &plain.body));
     assert_eq!(probe.runs(), 0);
