@@ -143,21 +143,30 @@ impl Settings {
             max_hold: options.max_hold.unwrap_or(self.max_hold),
             max_key_len: options.max_key_len.unwrap_or(self.max_key_len),
             required: options.required.unwrap_or(self.required),
-            header: options.header.as_ref().unwrap_or(&self.header).clone(),
+            header: self.header_for(options).clone(),
             keep: options.keep.unwrap_or(self.keep),
             replay_headers: self
                 .replay_headers
                 .with(options.replay_only, options.replay_except),
-            errors: match &options.errors {
-                Some(errors) => errors.clone(),
-                None => self.errors.clone(),
-            },
+            errors: self.errors_for(options).clone(),
             conflict: options.conflict.unwrap_or(self.conflict),
             wait_timeout: options.wait_timeout.unwrap_or(self.wait_timeout),
             retry_after: self.retry_after,
             max_body_bytes: options.max_body_bytes.unwrap_or(self.max_body_bytes),
             store_timeout: self.store_timeout,
         }
+    }
+
+    /// The key's header for a handler with `options`: its own, or else this one. Borrowed, for a
+    /// request that needs no more of the settings than this.
+    pub(crate) fn header_for<'a>(&'a self, options: &'a HandlerOptions) -> &'a HeaderName {
+        options.header.as_ref().unwrap_or(&self.header)
+    }
+
+    /// The error format of a handler with `options`: its own, or else this one. Borrowed, for a
+    /// request that needs no more of the settings than this.
+    pub(crate) fn errors_for<'a>(&'a self, options: &'a HandlerOptions) -> &'a Renderer {
+        options.errors.as_ref().unwrap_or(&self.errors)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {

@@ -234,11 +234,10 @@ fn replay_exact<O: HandlerConfig>(
     }
     tracing::debug!(target: "idem", outcome = "replayed", exact = true, key = %key.key(), status = completed.response.status().as_u16(), "replaying stored response to a byte-identical retry");
     Route::of(parts).outcome("replayed");
-    let errors = O::options()
-        .errors
-        .as_ref()
-        .unwrap_or(&config.settings().errors);
-    Some(replay(errors, &completed))
+    Some(replay(
+        config.settings().errors_for(O::options()),
+        &completed,
+    ))
 }
 
 /// A handler's arguments as one tuple, extracted as axum extracts a handler's: each but the last

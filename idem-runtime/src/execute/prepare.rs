@@ -51,7 +51,7 @@ pub(super) fn key(parts: &Parts, options: &HandlerOptions) -> Result<Option<Keye
     let config = local.unwrap_or_else(|| Idempotency::global());
     // What the key needs first: a request without one takes no part, and needs no settings.
     let defaults = config.settings();
-    let header = options.header.as_ref().unwrap_or(&defaults.header);
+    let header = defaults.header_for(options);
     let max_key_len = options.max_key_len.unwrap_or(defaults.max_key_len);
     let key = match IdempotencyKey::from_headers(&parts.headers, header, max_key_len) {
         Ok(Some(key)) => key,
